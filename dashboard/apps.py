@@ -1,0 +1,12 @@
+from __future__ import annotations
+
+from django.apps import AppConfig
+
+
+class DashboardConfig(AppConfig):
+    name = "dashboard"
+    label = "scheduler_dashboard"
+    verbose_name = "Dashboard"
+
+    def ready(self) -> None:
+        from scheduler_project import checks  # noqa: F401  (registers the deploy checks)
