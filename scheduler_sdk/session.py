@@ -1,0 +1,439 @@
+"""Submit jobs to the scheduler as a session (PROTOCOL.md "Session ⇄ scheduler").
+
+The client keeps one WebSocket to ``/ws/session/``. After a drop (other than 4401 or 4409) it
+reconnects with backoff and sends ``session_init`` with its ``session_id``, so the scheduler
+resumes the session and delivers the results that finished meanwhile. Submits still waiting
+for their ``job_accepted`` / ``job_rejected`` are sent again on the new connection: the
+``request_id`` makes that safe (the scheduler answers a repeat with the same job).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
+
+import protocol as p
+from scheduler_sdk.backoff import Backoff
+from scheduler_sdk.errors import Replaced, RequestFailed, SdkError, Unauthorized
+
+logger = logging.getLogger(__name__)
+
+SessionEvent = p.SessionJobProgress | p.SessionJobResult | p.Error
+"""What ``events()`` yields: progress, final results, and errors not tied to a request."""
+Reply = p.JobAccepted | p.JobRejected
+
+
+class SessionClosed(SdkError):
+    """The client was closed, or lost its connection with ``reconnect=False``."""
+
+
+@dataclass
+class SessionStats:
+    connects: int = 0
+    resumed: int = 0
+    new_sessions: int = 0
+    submits_resent: int = 0
+    progress: int = 0
+    results: int = 0
+    errors: int = 0
+
+
+@dataclass(eq=False)
+class _PendingSubmit:
+    raw: str
+    reply: asyncio.Future[Reply]
+    sent_on: ClientConnection | None = None
+
+
+_CLOSED = object()
+
+
+class SessionClient:
+    """A session: submit jobs, follow their progress and results, cancel them.
+
+    ``on_progress``, ``on_result`` and ``on_error`` are plain callables run on the reader task;
+    they must not block. ``events()`` is the async alternative. Results are also kept (the
+    latest ``max_kept_results``) for ``result(job_id)``.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        api_key: str,
+        *,
+        session_id: str | None = None,
+        on_progress: Callable[[p.SessionJobProgress], None] | None = None,
+        on_result: Callable[[p.SessionJobResult], None] | None = None,
+        on_error: Callable[[p.Error], None] | None = None,
+        reconnect: bool = True,
+        backoff: Backoff | None = None,
+        ready_timeout_s: float = 10.0,
+        max_kept_results: int = 10_000,
+        connect_kwargs: Mapping[str, Any] | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.url = url
+        self._api_key = api_key
+        self.session_id = session_id
+        self.instance_id: str | None = None
+        self.resumed = False
+        """Whether the last ``session_ready`` continued the session asked for."""
+        self.stats = SessionStats()
+        self._on_progress = on_progress
+        self._on_result = on_result
+        self._on_error = on_error
+        self._reconnect = reconnect
+        self._backoff = backoff or Backoff()
+        self._ready_timeout_s = ready_timeout_s
+        self._max_kept_results = max_kept_results
+        self._connect_kwargs: dict[str, Any] = {"compression": None, **(connect_kwargs or {})}
+        self._rng = rng or random.Random()
+
+        self._ws: ClientConnection | None = None  # set while ready
+        self._live_ws: ClientConnection | None = None
+        self._ready = asyncio.Event()
+        self._closing = asyncio.Event()
+        self._failure: SdkError | None = None
+        self._run_task: asyncio.Task[None] | None = None
+        self._pending: dict[str, _PendingSubmit] = {}
+        self._results: dict[str, asyncio.Future[p.SessionJobResult]] = {}
+        self._pings: dict[int, asyncio.Future[None]] = {}
+        self._subscribers: set[asyncio.Queue[object]] = set()
+
+    # --- life cycle -------------------------------------------------------------------------
+
+    async def connect(self, *, timeout_s: float | None = 30.0) -> str:
+        """Connect and authenticate; the ``session_id`` once ``session_ready`` arrived."""
+        if self._run_task is not None:
+            raise RuntimeError("this client is already connected")
+        self._run_task = asyncio.create_task(self._run(), name=f"session-client {self.url}")
+        self._run_task.add_done_callback(_retrieve)
+        await self._wait_ready(timeout_s)
+        assert self.session_id is not None
+        return self.session_id
+
+    async def close(self) -> None:
+        """Close the connection; waiting calls fail with ``SessionClosed``."""
+        self._closing.set()
+        ws = self._live_ws
+        if ws is not None:
+            await ws.close(1000, "client closing")
+        if self._run_task is not None:
+            with contextlib.suppress(SdkError):
+                await self._run_task
+        self._fail_all(SessionClosed("the session client is closed"))
+
+    async def __aenter__(self) -> SessionClient:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # --- requests ---------------------------------------------------------------------------
+
+    async def submit(
+        self,
+        request_id: str,
+        service: str | p.ServiceRef,
+        payload: Mapping[str, Any],
+        *,
+        features: Iterable[str] | None = None,
+        timeout_ms: int | None = None,
+        reply_timeout_s: float | None = 30.0,
+    ) -> Reply:
+        """Submit a job; the ``job_accepted`` or ``job_rejected`` for it.
+
+        Raises ``RequestFailed`` when the scheduler answers with an ``error`` about this
+        ``request_id``. While disconnected the submit waits and is sent on the next connection.
+        """
+        self._check_usable()
+        if request_id in self._pending:
+            raise ValueError(f"request {request_id!r} is already waiting for its reply")
+        ref = service if isinstance(service, p.ServiceRef) else p.ServiceRef(id=service)
+        frame = p.JobSubmit(
+            request_id=request_id,
+            service=ref,
+            features=None if features is None else list(features),
+            payload=dict(payload),
+            timeout_ms=timeout_ms,
+        )
+        pending = _PendingSubmit(p.dump(frame), asyncio.get_running_loop().create_future())
+        self._pending[request_id] = pending
+        try:
+            await self._send_pending(pending)
+            return await asyncio.wait_for(asyncio.shield(pending.reply), reply_timeout_s)
+        finally:
+            if self._pending.get(request_id) is pending:
+                del self._pending[request_id]
+
+    async def cancel(self, job_id: str, *, timeout_s: float | None = 30.0) -> None:
+        """Ask to cancel ``job_id``; its ``job_result{CANCELLED}`` (or an error) follows."""
+        await self._send_when_ready(p.SessionJobCancel(job_id=job_id), timeout_s)
+
+    async def result(self, job_id: str, *, timeout_s: float | None = None) -> p.SessionJobResult:
+        """The final ``job_result`` of ``job_id`` (at once if it already arrived)."""
+        future = self._results.get(job_id)
+        if future is None:
+            self._check_usable()
+            future = asyncio.get_running_loop().create_future()
+            self._results[job_id] = future
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), timeout_s)
+        finally:
+            if future.done():
+                self._results.pop(job_id, None)
+
+    def events(self) -> AsyncIterator[SessionEvent]:
+        """Progress, results and errors from now on, in arrival order, until ``close()``."""
+        queue: asyncio.Queue[object] = asyncio.Queue()
+        self._subscribers.add(queue)
+        return self._events(queue)
+
+    async def ping(self, *, timeout_s: float | None = 10.0) -> float:
+        """Round-trip time in seconds of an application-level ``ping``/``pong``."""
+        ts_ms = int(time.time() * 1000)
+        while ts_ms in self._pings:
+            ts_ms += 1
+        pong = asyncio.get_running_loop().create_future()
+        self._pings[ts_ms] = pong
+        started = time.monotonic()
+        try:
+            await self._send_when_ready(p.Ping(ts_ms=ts_ms), timeout_s)
+            await asyncio.wait_for(pong, timeout_s)
+        finally:
+            self._pings.pop(ts_ms, None)
+        return time.monotonic() - started
+
+    # --- connection -------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        failures = 0
+        try:
+            while not self._closing.is_set():
+                ready = False
+                try:
+                    ready = await self._connection()
+                except (OSError, TimeoutError, InvalidHandshake, ConnectionClosed) as exc:
+                    logger.warning("session connection to %s failed: %r", self.url, exc)
+                if ready:
+                    failures = 0
+                if self._closing.is_set():
+                    break
+                if not self._reconnect:
+                    raise SessionClosed("the connection was lost and reconnect is off")
+                delay = self._backoff.delay(failures, self._rng)
+                failures += 1
+                logger.info("session %s reconnecting in %.2f s", self.session_id, delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._closing.wait(), delay)
+        except SdkError as exc:
+            self._fail_all(exc)
+            raise
+
+    async def _connection(self) -> bool:
+        ready: p.SessionReady | None = None
+        async with connect(self.url, **self._connect_kwargs) as ws:
+            self._live_ws = ws
+            if self._closing.is_set():  # close() ran while this connection was being opened
+                self._live_ws = None
+                await ws.close(1000, "client closing")
+                return False
+            try:
+                asked = self.session_id
+                await ws.send(p.dump(p.SessionInit(api_key=self._api_key, session_id=asked)))
+                ready = await self._await_ready(ws)
+                if ready is not None:
+                    await self._serve(ws, ready, asked)
+            except ConnectionClosed:
+                pass
+            finally:
+                self._live_ws = None
+        if ws.close_code == p.CloseCode.UNAUTHORIZED:
+            raise Unauthorized(f"the scheduler refused this API key (close 4401) {ws.close_reason}")
+        if ws.close_code == p.CloseCode.REPLACED:
+            raise Replaced(f"session {self.session_id} was resumed elsewhere (close 4409)")
+        logger.info("session %s disconnected (close %s)", self.session_id, ws.close_code)
+        return ready is not None
+
+    async def _await_ready(self, ws: ClientConnection) -> p.SessionReady | None:
+        async with asyncio.timeout(self._ready_timeout_s):
+            while True:
+                frame = self._parse(await ws.recv())
+                if isinstance(frame, p.SessionReady):
+                    return frame
+                if isinstance(frame, p.Error):
+                    logger.warning("session refused: %s %s", frame.code, frame.message)
+
+    async def _serve(self, ws: ClientConnection, ready: p.SessionReady, asked: str | None) -> None:
+        self.session_id = ready.session_id
+        self.instance_id = ready.instance_id
+        self.resumed = asked is not None and asked == ready.session_id
+        self.stats.connects += 1
+        if self.resumed:
+            self.stats.resumed += 1
+        else:
+            self.stats.new_sessions += 1
+            if asked is not None:
+                logger.warning("session %s could not be resumed; now %s", asked, ready.session_id)
+        # Replies to submits sent on the old connection may have been lost with it; the
+        # request_id makes sending them again safe. Loop: submits may arrive while sending.
+        while unsent := [s for s in self._pending.values() if s.sent_on is not ws]:
+            for pending in unsent:
+                if pending.sent_on is not None:
+                    self.stats.submits_resent += 1
+                await ws.send(pending.raw)
+                pending.sent_on = ws
+        self._ws = ws
+        self._ready.set()
+        try:
+            async for raw in ws:
+                self._on_frame(raw)
+        finally:
+            self._ws = None
+            self._ready.clear()
+
+    def _parse(self, raw: str | bytes) -> p.Frame | None:
+        try:
+            return p.parse_outbound(raw, peer="session")
+        except p.ProtocolError as exc:
+            logger.warning("session ignored a bad frame from the scheduler: %s", exc.message)
+            return None
+
+    def _on_frame(self, raw: str | bytes) -> None:
+        frame = self._parse(raw)
+        if isinstance(frame, p.JobAccepted | p.JobRejected):
+            pending = self._pending.get(frame.request_id)
+            if pending is not None and not pending.reply.done():
+                pending.reply.set_result(frame)
+        elif isinstance(frame, p.SessionJobProgress):
+            self.stats.progress += 1
+            _call(self._on_progress, frame)
+            self._publish(frame)
+        elif isinstance(frame, p.SessionJobResult):
+            self.stats.results += 1
+            self._keep_result(frame)
+            _call(self._on_result, frame)
+            self._publish(frame)
+        elif isinstance(frame, p.Error):
+            self._on_error_frame(frame)
+        elif isinstance(frame, p.Pong):
+            pong = self._pings.get(frame.ts_ms)
+            if pong is not None and not pong.done():
+                pong.set_result(None)
+
+    def _on_error_frame(self, error: p.Error) -> None:
+        self.stats.errors += 1
+        request_id = error.ref.request_id if error.ref else None
+        pending = self._pending.get(request_id) if request_id else None
+        if pending is not None and not pending.reply.done():
+            pending.reply.set_exception(RequestFailed(error))
+            return
+        logger.warning("session %s got error %s: %s", self.session_id, error.code, error.message)
+        _call(self._on_error, error)
+        self._publish(error)
+
+    def _keep_result(self, result: p.SessionJobResult) -> None:
+        future = self._results.get(result.job_id)
+        if future is None:
+            future = asyncio.get_running_loop().create_future()
+            self._results[result.job_id] = future
+        if not future.done():
+            future.set_result(result)
+        if len(self._results) > self._max_kept_results:
+            # Oldest first (dicts keep insertion order); unclaimed results only.
+            excess = len(self._results) - self._max_kept_results
+            for job_id in [j for j, f in self._results.items() if f.done()][:excess]:
+                del self._results[job_id]
+
+    # --- helpers ----------------------------------------------------------------------------
+
+    def _check_usable(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+        if self._run_task is None:
+            raise RuntimeError("call connect() first")
+
+    async def _wait_ready(self, timeout_s: float | None) -> None:
+        assert self._run_task is not None
+        ready = asyncio.create_task(self._ready.wait())
+        done, _ = await asyncio.wait(
+            {self._run_task, ready}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED
+        )
+        if ready in done:
+            return
+        ready.cancel()
+        if self._run_task in done:
+            self._run_task.result()  # raises Unauthorized, Replaced, SessionClosed
+            raise SessionClosed("the session client is closed")
+        raise TimeoutError(f"no session_ready from {self.url} within {timeout_s} s")
+
+    async def _send_when_ready(self, frame: p.Frame, timeout_s: float | None) -> None:
+        self._check_usable()
+        raw = p.dump(frame)
+        while True:
+            await self._wait_ready(timeout_s)
+            ws = self._ws
+            if ws is None:
+                continue
+            with contextlib.suppress(ConnectionClosed):
+                await ws.send(raw)
+                return
+
+    async def _send_pending(self, pending: _PendingSubmit) -> None:
+        ws = self._ws
+        if ws is None:
+            return  # sent by _serve once connected again
+        with contextlib.suppress(ConnectionClosed):
+            await ws.send(pending.raw)
+            pending.sent_on = ws
+
+    async def _events(self, queue: asyncio.Queue[object]) -> AsyncIterator[SessionEvent]:
+        try:
+            while True:
+                item = await queue.get()
+                if item is _CLOSED:
+                    return
+                yield item  # type: ignore[misc]
+        finally:
+            self._subscribers.discard(queue)
+
+    def _publish(self, event: SessionEvent) -> None:
+        for queue in self._subscribers:
+            queue.put_nowait(event)
+
+    def _fail_all(self, failure: SdkError) -> None:
+        """End every wait: pending submits, results, pings and event iterators."""
+        if self._failure is None:
+            self._failure = failure
+        futures: list[asyncio.Future[Any]] = [s.reply for s in self._pending.values()]
+        futures += [*self._results.values(), *self._pings.values()]
+        for future in futures:
+            if not future.done():
+                future.set_exception(failure)
+                future.exception()  # a future nobody awaits must not warn at exit
+        for queue in self._subscribers:
+            queue.put_nowait(_CLOSED)
+
+
+def _call(callback: Callable[[Any], None] | None, frame: p.Frame) -> None:
+    if callback is None:
+        return
+    try:
+        callback(frame)
+    except Exception:
+        logger.exception("session callback %r failed", callback)
+
+
+def _retrieve(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.warning("session client stopped: %s", task.exception())
