@@ -196,11 +196,26 @@ SESSION_RESUME_TTL = env_float("SESSION_RESUME_TTL", 300.0, minimum=1.0)
 
 # --- Channel layer ----------------------------------------------------------------------------
 
-# "memory" keeps everything in one process; later work adds the Redis Cluster layer.
+# "memory" keeps everything in one process; "cluster" is the Redis Cluster layer (clusterlayer,
+# docs/channel-layer.md) on the hot-state cluster; "redis" is channels_redis on a standalone Redis.
 CHANNEL_LAYER_BACKEND = env_str("CHANNEL_LAYER", "memory")
 CHANNEL_LAYERS: dict[str, dict[str, Any]]
 if CHANNEL_LAYER_BACKEND == "memory":
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+elif CHANNEL_LAYER_BACKEND == "cluster":
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "clusterlayer.ClusterChannelLayer",
+            "CONFIG": {
+                "url": REDIS_CLUSTER_URL,
+                "prefix": env_str("CHANNEL_LAYER_PREFIX", "asgi"),
+                "socket_timeout": REDIS_SOCKET_TIMEOUT,
+                "socket_connect_timeout": REDIS_CONNECT_TIMEOUT,
+                # A blocking read must end before the socket timeout would cut it.
+                "block_timeout": min(2.0, REDIS_SOCKET_TIMEOUT / 2),
+            },
+        }
+    }
 elif CHANNEL_LAYER_BACKEND == "redis":
     CHANNEL_LAYERS = {
         "default": {
@@ -209,7 +224,9 @@ elif CHANNEL_LAYER_BACKEND == "redis":
         }
     }
 else:
-    raise ImproperlyConfigured(f"CHANNEL_LAYER={CHANNEL_LAYER_BACKEND!r}: use memory or redis")
+    raise ImproperlyConfigured(
+        f"CHANNEL_LAYER={CHANNEL_LAYER_BACKEND!r}: use memory, cluster or redis"
+    )
 
 # --- Logging ----------------------------------------------------------------------------------
 
