@@ -20,6 +20,7 @@ pays one round trip per batch rather than per message.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import secrets
@@ -638,7 +639,8 @@ class _Process:
         1. After a start or an error, first read this consumer's pending entries (ID 0): those
            handed over before the error are only acknowledged, the others are delivered.
         2. Then block for new entries (">"), up to ``read_count`` at a time.
-        3. Hand each entry to the mailboxes of its channels, then XACK and XDEL the batch.
+        3. Hand each entry to the mailboxes of its channels; XACK and XDEL the batch (sent
+           with the next read).
         4. A lost inbox (flushed, or expired while the heartbeat could not reach Redis) gets its
            group back; an unreachable cluster is retried with backoff.
         """
@@ -668,30 +670,43 @@ class _Process:
         wanted: Callable[[], bool],
         ttl_ms: int,
     ) -> None:
+        """Read ``key`` through the consumer group while ``wanted()``; see ``_read_inbox``.
+
+        The XACK and XDEL of one batch travel in the same pipeline as the next blocking read
+        (same key, same node), so a trickle of single messages costs one round trip each.
+        """
         recovering = True
         backoff = RETRY_MIN
+        done: list[bytes] = []  # handed over, not yet acknowledged
         while wanted() and not self.closed:
             try:
                 response: Any
                 if recovering:
+                    if done:
+                        await self._acknowledge(key, done)
+                        done = []
                     response = await self.client.xreadgroup(
                         GROUP, self.id, {key: "0"}, count=self.layer.read_count
                     )
                 else:
-                    response = await self.client.xreadgroup(
+                    pipe = self.client.pipeline()
+                    if done:
+                        pipe.xack(key, GROUP, *done)
+                        pipe.xdel(key, *done)
+                    pipe.xreadgroup(
                         GROUP, self.id, {key: ">"}, count=self.layer.read_count, block=self.block_ms
                     )
+                    *acks, response = await pipe.execute(raise_on_error=False)
+                    for result in (*acks, response):
+                        if isinstance(result, Exception):
+                            raise result
+                    self.unacked[key].difference_update(done)
+                    done = []
                 entries = _entries(response)
                 if recovering and not entries:
                     recovering = False
                     continue
                 done = hand_over(entries)
-                if done:
-                    pipe = self.client.pipeline()
-                    pipe.xack(key, GROUP, *done)
-                    pipe.xdel(key, *done)
-                    await pipe.execute()
-                    self.unacked[key].difference_update(done)
                 backoff = RETRY_MIN
             except ResponseError as exc:
                 if not _stream_lost(exc):
@@ -699,6 +714,7 @@ class _Process:
                     await asyncio.sleep(RETRY_MAX)
                     recovering = True
                     continue
+                done = []
                 self.unacked.pop(key, None)
                 try:
                     await self._create_group(key, ttl_ms)
@@ -723,6 +739,18 @@ class _Process:
                 logger.exception("process %s: handing over entries of %s failed", self.id, key)
                 await asyncio.sleep(RETRY_MIN)
                 recovering = True
+        if done and not self.closed:
+            # A fetcher that stops with acknowledgements owed pays them now; if this fails the
+            # entries stay pending and the next fetcher's recovery acknowledges them.
+            with contextlib.suppress(*UNAVAILABLE_ERRORS, ResponseError):
+                await self._acknowledge(key, done)
+
+    async def _acknowledge(self, key: str, ids: list[bytes]) -> None:
+        pipe = self.client.pipeline()
+        pipe.xack(key, GROUP, *ids)
+        pipe.xdel(key, *ids)
+        await pipe.execute()
+        self.unacked[key].difference_update(ids)
 
     async def _create_group(self, key: str, ttl_ms: int) -> None:
         pipe = self.client.pipeline()

@@ -18,7 +18,9 @@ Returns one code per entry, in order:
 
 local n = tonumber(ARGV[4])
 local codes = {}
-if redis.call('EXISTS', KEYS[2]) == 0 then
+-- PTTL answers both questions at once: is the process alive (-2: no key), and for how long.
+local alive_ttl = redis.call('PTTL', KEYS[2])
+if alive_ttl == -2 then
   for i = 1, n do
     codes[i] = 2
   end
@@ -61,10 +63,7 @@ for i = 1, n do
 end
 
 -- An inbox deleted by a flush is recreated by XADD without a TTL: give it the process's.
-if redis.call('PTTL', KEYS[1]) == -1 then
-  local ttl = redis.call('PTTL', KEYS[2])
-  if ttl > 0 then
-    redis.call('PEXPIRE', KEYS[1], ttl)
-  end
+if alive_ttl > 0 then
+  redis.call('PEXPIRE', KEYS[1], alive_ttl, 'NX')
 end
 return codes
