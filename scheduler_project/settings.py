@@ -192,6 +192,10 @@ MAX_JOB_TIMEOUT_MS = env_int("MAX_JOB_TIMEOUT_MS", 600_000, minimum=1)
 REQUEST_LEASE_GRACE_MS = env_int("REQUEST_LEASE_GRACE_MS", 300_000, minimum=0)
 RESERVATION_TTL = env_float("RESERVATION_TTL", 30.0, minimum=1.0)
 MNA_MARK_TTL = env_float("MNA_MARK_TTL", 60.0, minimum=0.1)
+# One expensive MODEL_NOT_AVAILABLE action per (service, version) per window; a node's reports
+# beyond the rate limit (per minute) are dropped and counted.
+MNA_DEBOUNCE_WINDOW = env_float("MNA_DEBOUNCE_WINDOW", 30.0, minimum=0.1)
+MNA_NODE_RATE_LIMIT = env_int("MNA_NODE_RATE_LIMIT", 30, minimum=1)
 SESSION_RESUME_TTL = env_float("SESSION_RESUME_TTL", 300.0, minimum=1.0)
 
 # --- Channel layer ----------------------------------------------------------------------------

@@ -1,0 +1,343 @@
+"""Request bindings and job records: claim, create, transition, subscribe, read.
+
+The scheduling path calls, in order: ``request_claim`` (request slot), ``job_create`` (job slot),
+then ``slot_reserve`` (node slot, :mod:`hotstate.nodes`) and ``job_transition(to=DISPATCHED)``.
+Each is one atomic script; each is safe to repeat after a ``DependencyDown``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Collection
+from dataclasses import dataclass
+from enum import StrEnum
+
+from django.conf import settings
+from redis.asyncio.cluster import RedisCluster
+
+from hotstate import keys
+from hotstate.client import get_client
+from hotstate.codes import Code
+from hotstate.scripts import SCRIPTS, bounded
+
+
+class JobState(StrEnum):
+    CREATED = "CREATED"
+    DISPATCHED = "DISPATCHED"
+    ACCEPTED = "ACCEPTED"
+    RUNNING = "RUNNING"
+    FINISHED = "FINISHED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+    TIMED_OUT = "TIMED_OUT"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_STATES
+
+
+TERMINAL_STATES = frozenset(
+    {JobState.FINISHED, JobState.FAILED, JobState.CANCELLED, JobState.TIMED_OUT}
+)
+# Failure, cancel and timeout can end any unfinished job.
+_ENDINGS = frozenset({JobState.FAILED, JobState.CANCELLED, JobState.TIMED_OUT})
+# The transition table of transition_job-2.lua, for callers and tests; the script is the authority.
+TRANSITIONS: dict[JobState, frozenset[JobState]] = {
+    JobState.CREATED: frozenset({JobState.DISPATCHED}) | _ENDINGS,
+    JobState.DISPATCHED: frozenset({JobState.ACCEPTED, JobState.CREATED}) | _ENDINGS,
+    # FINISHED straight from ACCEPTED: job_started is informational, a node may skip it.
+    JobState.ACCEPTED: _ENDINGS | {JobState.RUNNING, JobState.FINISHED, JobState.CREATED},
+    JobState.RUNNING: frozenset({JobState.FINISHED, JobState.CREATED}) | _ENDINGS,
+}
+# Transitions into these states name a node: the one assigned (DISPATCHED) or reporting.
+NODE_REPORTED_STATES = frozenset(
+    {JobState.DISPATCHED, JobState.ACCEPTED, JobState.RUNNING, JobState.FINISHED}
+)
+
+
+def request_lease_ms(timeout_ms: int) -> int:
+    """PROTOCOL.md: a request stays bound for the job's timeout plus REQUEST_LEASE_GRACE_MS."""
+    return timeout_ms + settings.REQUEST_LEASE_GRACE_MS
+
+
+# --- request bindings ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """``won``: the caller's job id is now bound; otherwise ``job_id`` is the earlier job's."""
+
+    won: bool
+    job_id: str
+
+
+async def request_claim(
+    *,
+    tenant: str,
+    request_id: str,
+    job_id: str,
+    lease_ms: int,
+    client: RedisCluster | None = None,
+) -> Claim:
+    """Bind ``(tenant, request_id)`` to ``job_id`` unless it is bound; return the bound job."""
+    reply = await SCRIPTS.call(
+        "claim_request",
+        keys=[keys.request_binding(tenant, request_id)],
+        args=[job_id, lease_ms],
+        client=client,
+        subject=request_id,
+    )
+    return Claim(won=reply.code is Code.CLAIMED, job_id=reply.text(0))
+
+
+async def request_release(
+    *, tenant: str, request_id: str, job_id: str, client: RedisCluster | None = None
+) -> bool:
+    """Unbind the request if ``job_id`` holds it (a rejected submit); True if it did."""
+    reply = await SCRIPTS.call(
+        "release_request",
+        keys=[keys.request_binding(tenant, request_id)],
+        args=[job_id],
+        client=client,
+        subject=request_id,
+    )
+    return reply.code is Code.RELEASED
+
+
+@dataclass(frozen=True, slots=True)
+class Takeover:
+    """``taken_over``: the request is now bound to the new job; ``job_id``: the bound job or ''."""
+
+    taken_over: bool
+    job_id: str
+
+
+async def request_takeover(
+    *,
+    tenant: str,
+    request_id: str,
+    old_job_id: str,
+    new_job_id: str,
+    lease_ms: int,
+    client: RedisCluster | None = None,
+) -> Takeover:
+    """Rebind the request from ``old_job_id`` to ``new_job_id`` (compare-and-set; failover)."""
+    reply = await SCRIPTS.call(
+        "takeover_request",
+        keys=[keys.request_binding(tenant, request_id)],
+        args=[old_job_id, new_job_id, lease_ms],
+        client=client,
+        subject=request_id,
+    )
+    return Takeover(taken_over=reply.code is Code.TAKEN_OVER, job_id=reply.text(0))
+
+
+# --- job records --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class JobCreated:
+    """``created``: this call created the job; otherwise it existed and the session subscribed."""
+
+    created: bool
+    state: JobState
+    attempt: int
+    node_id: str | None
+    deadline_ms: int
+
+
+async def job_create(
+    *,
+    job_id: str,
+    tenant: str,
+    request_id: str,
+    session_id: str,
+    service_id: str,
+    service_version: str | None,
+    features: Collection[str],
+    payload_json: str,
+    timeout_ms: int,
+    retain_ms: int | None = None,
+    client: RedisCluster | None = None,
+) -> JobCreated:
+    """Create the job in CREATED, attempt 1, unless it exists; subscribe ``session_id`` either way.
+
+    The record and its subscriber set live ``retain_ms`` (default: the request lease). Raises
+    ``Forbidden`` if the job id exists for another tenant.
+    """
+    if timeout_ms < 1:
+        raise ValueError(f"timeout_ms must be positive, got {timeout_ms}")
+    retain = retain_ms if retain_ms is not None else request_lease_ms(timeout_ms)
+    reply = await SCRIPTS.call(
+        "create_job",
+        keys=[keys.job_record(job_id), keys.job_subscribers(job_id)],
+        args=[
+            tenant,
+            request_id,
+            session_id,
+            service_id,
+            service_version or "",
+            json.dumps(sorted(features)),
+            payload_json,
+            timeout_ms,
+            retain,
+        ],
+        client=client,
+        subject=job_id,
+    )
+    return JobCreated(
+        created=reply.code is Code.CREATED,
+        state=JobState(reply.text(0)),
+        attempt=reply.number(1),
+        node_id=reply.text(2) or None,
+        deadline_ms=reply.number(3),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """The job after ``job_transition``.
+
+    ``applied``: this call moved the job. Otherwise it was a harmless repeat (the job was already
+    in the target state for this attempt and node). ``subscribers``: on an applied move to a
+    terminal state, the sessions to deliver the result to (exactly this call's caller does).
+    """
+
+    applied: bool
+    state: JobState
+    attempt: int
+    node_id: str | None
+    subscribers: tuple[str, ...] = ()
+
+
+async def job_transition(
+    *,
+    job_id: str,
+    attempt: int,
+    to: JobState,
+    node_id: str | None = None,
+    from_states: Collection[JobState] = (),
+    result_json: str | None = None,
+    error_code: str | None = None,
+    error_message: str | None = None,
+    client: RedisCluster | None = None,
+) -> Transition:
+    """Move the job to ``to``: compare-and-set on ``attempt``, ``node_id`` and ``from_states``.
+
+    ``node_id`` is required to DISPATCHED (the node assigned) and to ACCEPTED, RUNNING and
+    FINISHED (the node reporting); on other moves it is optional and, if given, must be the
+    assigned node. ``to=CREATED`` is the failover: attempt + 1, no node. A terminal move stores
+    ``result_json`` / ``error_code`` / ``error_message``. Raises ``JobNotFound``,
+    ``StaleAttempt``, ``Forbidden`` or ``BadState``; any of them changed nothing.
+    """
+    if to in NODE_REPORTED_STATES and not node_id:
+        raise ValueError(f"a transition to {to} must name the node")
+    if attempt < 1:
+        raise ValueError(f"attempts count from 1, got {attempt}")
+    reply = await SCRIPTS.call(
+        "transition_job",
+        keys=[keys.job_record(job_id), keys.job_subscribers(job_id)],
+        args=[
+            attempt,
+            to.value,
+            node_id or "",
+            ",".join(state.value for state in from_states),
+            result_json or "",
+            error_code or "",
+            error_message or "",
+        ],
+        client=client,
+        subject=job_id,
+    )
+    return Transition(
+        applied=reply.code is Code.APPLIED,
+        state=JobState(reply.text(0)),
+        attempt=reply.number(1),
+        node_id=reply.text(2) or None,
+        subscribers=tuple(str(session) for session in reply.values[3:]),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class JobStatus:
+    state: JobState
+    attempt: int
+    node_id: str | None
+
+
+async def job_subscribe(
+    *, job_id: str, tenant: str, session_id: str, client: RedisCluster | None = None
+) -> JobStatus:
+    """Add ``session_id`` to the job's subscribers and return where the job stands.
+
+    If the returned state is terminal, the result was handed out before this subscription and
+    the caller delivers it (from ``job_get``). Raises ``JobNotFound`` for an unknown job or
+    another tenant's.
+    """
+    reply = await SCRIPTS.call(
+        "subscribe_job",
+        keys=[keys.job_record(job_id), keys.job_subscribers(job_id)],
+        args=[tenant, session_id],
+        client=client,
+        subject=job_id,
+    )
+    return JobStatus(JobState(reply.text(0)), reply.number(1), reply.text(2) or None)
+
+
+@dataclass(frozen=True, slots=True)
+class JobView:
+    """A job record as stored; times are epoch ms of the job's primary."""
+
+    job_id: str
+    state: JobState
+    attempt: int
+    node_id: str | None
+    tenant: str
+    request_id: str
+    session_id: str
+    service_id: str
+    service_version: str | None
+    features: tuple[str, ...]
+    payload_json: str
+    timeout_ms: int
+    deadline_ms: int
+    created_ms: int
+    updated_ms: int
+    result_json: str | None
+    error_code: str | None
+    error_message: str | None
+    finished_ms: int | None
+    subscribers: frozenset[str]
+
+
+async def job_get(*, job_id: str, client: RedisCluster | None = None) -> JobView | None:
+    """Read a job record and its subscribers (one round trip), or None if it does not exist."""
+    cluster = client or get_client()
+    pipe = cluster.pipeline(transaction=False)
+    pipe.hgetall(keys.job_record(job_id))
+    pipe.smembers(keys.job_subscribers(job_id))
+    record, subscribers = await bounded("job_get", pipe.execute())
+    if not record:
+        return None
+    return JobView(
+        job_id=job_id,
+        state=JobState(record["state"]),
+        attempt=int(record["attempt"]),
+        node_id=record.get("node_id") or None,
+        tenant=record["tenant"],
+        request_id=record["request_id"],
+        session_id=record["session_id"],
+        service_id=record["service_id"],
+        service_version=record.get("service_version") or None,
+        features=tuple(json.loads(record["features"])),
+        payload_json=record["payload"],
+        timeout_ms=int(record["timeout_ms"]),
+        deadline_ms=int(record["deadline_ms"]),
+        created_ms=int(record["created_ms"]),
+        updated_ms=int(record["updated_ms"]),
+        result_json=record.get("result") or None,
+        error_code=record.get("error_code") or None,
+        error_message=record.get("error_message") or None,
+        finished_ms=int(record["finished_ms"]) if record.get("finished_ms") else None,
+        subscribers=frozenset(subscribers),
+    )

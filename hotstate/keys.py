@@ -1,0 +1,220 @@
+"""Every hot-state key, built here and nowhere else (Python or Lua).
+
+A key is ``<prefix>:{<tag>}:<kind>``. The prefix is ``settings.HOTSTATE_PREFIX`` (versioned: a
+schema change bumps it so old and new keys never mix). The hash tag decides the cluster slot, and
+every key a script touches in one call carries the same tag:
+
+=========  ==================================  =================================================
+tag        keys                                why together
+=========  ==================================  =================================================
+``n:ID``   presence, caps, reservations,       the reserve and heartbeat scripts read and write
+           unavailable marks, MNA rate and     all of them atomically
+           drop counters, socket owner
+``j:ID``   job record, job subscribers         a terminal transition hands over the subscriber
+                                               set in the same commit
+``r:T:R``  request binding (tenant, request)   one key per idempotency key
+``s:ID``   session socket owner
+``i:ID``   instance presence
+``l:DUTY`` leader lock of a periodic duty
+``d:K``    node directory shard K              sharded: every instance reads it each second
+``q:K``    MODEL_NOT_AVAILABLE stream shard K  sharded: every node's reports land here
+``m:S@V``  MNA debounce of (service, version)
+``t:K``    job timer shard K                   sharded: every instance claims due timers
+``s:ID``   session record, result outbox       resume and delivery change them together with
+                                               the owner key
+=========  ==================================  =================================================
+
+Parts taken from the outside world (tenants, request ids, ids of any kind) are escaped, so that
+no value can end a hash tag early or make two different (tenant, request) pairs build one key.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+
+# Shard counts are part of the schema: changing one moves keys, so bump HOTSTATE_PREFIX with it.
+NODE_DIRECTORY_SHARDS = 16
+MNA_STREAM_SHARDS = 8
+TIMER_SHARDS = 8
+
+_ESCAPES = str.maketrans({"%": "%25", ":": "%3A", "@": "%40", "{": "%7B", "}": "%7D"})
+
+
+def _part(value: str) -> str:
+    """One id inside a key: non-empty, with ``% : @ { }`` percent-escaped (injective)."""
+    if not value:
+        raise ValueError("an id inside a hot-state key must not be empty")
+    return value.translate(_ESCAPES)
+
+
+def prefix() -> str:
+    value: str = settings.HOTSTATE_PREFIX
+    if not value or "{" in value or "}" in value:
+        raise ImproperlyConfigured(
+            f"HOTSTATE_PREFIX={value!r} must be non-empty and free of braces (they mark hash tags)"
+        )
+    return value
+
+
+def _shard(value: str, shards: int) -> int:
+    # crc32 is stable across processes and Python versions (unlike hash()).
+    return zlib.crc32(value.encode()) % shards
+
+
+# --- per node: {n:<node_id>} --------------------------------------------------------------------
+
+
+def node_presence(node_id: str) -> str:
+    """String, PX = 3 heartbeat intervals; value = channel of the consumer holding the socket."""
+    return f"{prefix()}:{{n:{_part(node_id)}}}:presence"
+
+
+def node_caps(node_id: str) -> str:
+    """Hash of flat capability and load fields (see docs/hotstate.md)."""
+    return f"{prefix()}:{{n:{_part(node_id)}}}:caps"
+
+
+def node_reservations(node_id: str) -> str:
+    """Sorted set: job_id -> expiry in epoch ms (the node's primary clock)."""
+    return f"{prefix()}:{{n:{_part(node_id)}}}:reservations"
+
+
+def node_unavailable(node_id: str) -> str:
+    """Sorted set: service mark (``id`` or ``id@version``) -> expiry in epoch ms."""
+    return f"{prefix()}:{{n:{_part(node_id)}}}:unavailable"
+
+
+def node_mna_rate(node_id: str) -> str:
+    """Counter of MODEL_NOT_AVAILABLE reports in the current rate window (PX = the window)."""
+    return f"{prefix()}:{{n:{_part(node_id)}}}:mna_rate"
+
+
+def node_mna_dropped(node_id: str) -> str:
+    """Counter of MODEL_NOT_AVAILABLE reports dropped by the rate limit."""
+    return f"{prefix()}:{{n:{_part(node_id)}}}:mna_dropped"
+
+
+def node_owner(node_id: str) -> str:
+    """String with TTL: channel name of the consumer that holds the node's socket."""
+    return f"{prefix()}:{{n:{_part(node_id)}}}:owner"
+
+
+# --- node directory: {d:<shard>} ----------------------------------------------------------------
+
+
+def node_directory_shard(node_id: str) -> int:
+    return _shard(node_id, NODE_DIRECTORY_SHARDS)
+
+
+def node_directory(shard: int) -> str:
+    """Sorted set: node_id -> epoch ms of its last registration (shard's clock)."""
+    if not 0 <= shard < NODE_DIRECTORY_SHARDS:
+        raise ValueError(f"node directory shard {shard} is outside 0..{NODE_DIRECTORY_SHARDS - 1}")
+    return f"{prefix()}:{{d:{shard}}}:nodes"
+
+
+def node_directory_of(node_id: str) -> str:
+    return node_directory(node_directory_shard(node_id))
+
+
+def node_directories() -> list[str]:
+    return [node_directory(shard) for shard in range(NODE_DIRECTORY_SHARDS)]
+
+
+# --- per request: {r:<tenant>:<request_id>} -----------------------------------------------------
+
+
+def request_binding(tenant: str, request_id: str) -> str:
+    """String, PX = the lease; value = the job_id the request is bound to."""
+    return f"{prefix()}:{{r:{_part(tenant)}:{_part(request_id)}}}:job"
+
+
+# --- per job: {j:<job_id>} ----------------------------------------------------------------------
+
+
+def job_record(job_id: str) -> str:
+    """Hash: the job's fields (state, attempt, node_id, payload, result, ...)."""
+    return f"{prefix()}:{{j:{_part(job_id)}}}:record"
+
+
+def job_subscribers(job_id: str) -> str:
+    """Set of session ids that submitted the job's request and await its result."""
+    return f"{prefix()}:{{j:{_part(job_id)}}}:subscribers"
+
+
+# --- per session, instance, duty ----------------------------------------------------------------
+
+
+def session_owner(session_id: str) -> str:
+    """String with TTL: channel name of the consumer that holds the session's socket."""
+    return f"{prefix()}:{{s:{_part(session_id)}}}:owner"
+
+
+def session_record(session_id: str) -> str:
+    """Hash: tenant, created_ms, closed_ms; lives SESSION_RESUME_TTL past its last renewal."""
+    return f"{prefix()}:{{s:{_part(session_id)}}}:record"
+
+
+def session_outbox(session_id: str) -> str:
+    """Hash: job_id -> job_result frame awaiting delivery ('' once taken)."""
+    return f"{prefix()}:{{s:{_part(session_id)}}}:outbox"
+
+
+def instance_presence(instance_id: str) -> str:
+    """String with TTL: the instance is alive while it exists."""
+    return f"{prefix()}:{{i:{_part(instance_id)}}}:presence"
+
+
+def leader_lock(duty: str) -> str:
+    """String with TTL: the token of the process that performs ``duty`` now."""
+    return f"{prefix()}:{{l:{_part(duty)}}}:leader"
+
+
+# --- MODEL_NOT_AVAILABLE: {q:<shard>}, {m:<service>@<version>} ----------------------------------
+
+
+def mna_stream_shard(node_id: str) -> int:
+    """Reports of one node always land in one shard, so they stay in order."""
+    return _shard(node_id, MNA_STREAM_SHARDS)
+
+
+def mna_stream(shard: int) -> str:
+    """Stream of MODEL_NOT_AVAILABLE events, consumed by workers in a consumer group."""
+    if not 0 <= shard < MNA_STREAM_SHARDS:
+        raise ValueError(f"MNA stream shard {shard} is outside 0..{MNA_STREAM_SHARDS - 1}")
+    return f"{prefix()}:{{q:{shard}}}:mna"
+
+
+def mna_streams() -> list[str]:
+    return [mna_stream(shard) for shard in range(MNA_STREAM_SHARDS)]
+
+
+def mna_debounce(service_id: str, version: str | None) -> str:
+    """String, PX = the debounce window; exists while the expensive action is debounced."""
+    service = _part(service_id) if version is None else f"{_part(service_id)}@{_part(version)}"
+    return f"{prefix()}:{{m:{service}}}:debounce"
+
+
+# --- job timers: {t:<shard>} --------------------------------------------------------------------
+
+
+def timer_shard(job_id: str) -> int:
+    return _shard(job_id, TIMER_SHARDS)
+
+
+def timers(shard: int) -> str:
+    """Sorted set: job_id -> due time, epoch ms (the arming caller's clock)."""
+    if not 0 <= shard < TIMER_SHARDS:
+        raise ValueError(f"timer shard {shard} is outside 0..{TIMER_SHARDS - 1}")
+    return f"{prefix()}:{{t:{shard}}}:timers"
+
+
+def timers_of(job_id: str) -> str:
+    return timers(timer_shard(job_id))
+
+
+def timer_shards() -> list[str]:
+    return [timers(shard) for shard in range(TIMER_SHARDS)]

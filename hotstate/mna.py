@@ -1,0 +1,276 @@
+"""MODEL_NOT_AVAILABLE: enqueue on the socket path, mark and debounce in the worker.
+
+The three writes live in three slots (the stream shard, the node, the service), so they are
+three single-slot scripts, run in this order:
+
+1. ``mna_enqueue`` (socket handler; stream shard ``{q:K}``, K from the node id so one node's
+   reports stay in order). Only an append: the socket path does no other work.
+2. ``mna_mark`` (worker; node slot ``{n:ID}``): count the report against the node's rate limit
+   (over it: dropped whole, counted); otherwise mark the node unavailable for the service
+   until now + MNA_MARK_TTL. Selection and ``slot_reserve`` honour the mark from here on.
+3. ``mna_debounce`` (worker; service slot ``{m:S@V}``): SET NX PX; the one winner per window
+   runs the expensive action (catalog refresh, alert, ...).
+
+Why the order is safe: the mark comes first, so once a report is handled the node stops getting
+that service even if the worker dies before the debounce; marking is idempotent (the later
+expiry wins), so a redelivered event (not acknowledged before a crash) only re-marks; the
+debounce is last, so a lost action costs at most one window, never a second action in the same
+window. Failing over a job named in the report is not in here: it is ``job_transition`` on the
+job's own slot, fenced by the report's attempt, and does not depend on any of these steps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Collection
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import ResponseError
+
+from hotstate import keys
+from hotstate.client import get_client
+from hotstate.codes import Code
+from hotstate.nodes import service_mark
+from hotstate.scripts import SCRIPTS, bounded
+
+MNA_GROUP = "mna-workers"
+MNA_STREAM_MAXLEN = 10_000
+RATE_WINDOW_MS = 60_000
+DROPPED_TTL_MS = 24 * 3600 * 1000
+
+
+@dataclass(frozen=True, slots=True)
+class MnaEvent:
+    """One MODEL_NOT_AVAILABLE report as read from its stream shard."""
+
+    shard: int
+    entry_id: str
+    node_id: str
+    service_id: str
+    service_version: str | None
+    reason: str
+    job_id: str | None
+    attempt: int | None
+
+
+async def mna_enqueue(
+    *,
+    node_id: str,
+    service_id: str,
+    service_version: str | None,
+    reason: str,
+    job_id: str | None = None,
+    attempt: int | None = None,
+    client: RedisCluster | None = None,
+) -> str:
+    """Append a report to the node's stream shard; return its entry id."""
+    shard = keys.mna_stream_shard(node_id)
+    fields = {
+        "node_id": node_id,
+        "service_id": service_id,
+        "service_version": service_version or "",
+        "reason": reason,
+        "job_id": job_id or "",
+        "attempt": "" if attempt is None else str(attempt),
+    }
+    reply = await SCRIPTS.call(
+        "enqueue_mna",
+        keys=[keys.mna_stream(shard)],
+        args=[MNA_STREAM_MAXLEN, *(item for pair in fields.items() for item in pair)],
+        client=client,
+        subject=node_id,
+    )
+    return reply.text(0)
+
+
+def _event(shard: int, entry_id: str, fields: dict[str, str]) -> MnaEvent:
+    attempt = fields.get("attempt", "")
+    return MnaEvent(
+        shard=shard,
+        entry_id=entry_id,
+        node_id=fields["node_id"],
+        service_id=fields["service_id"],
+        service_version=fields.get("service_version") or None,
+        reason=fields.get("reason", ""),
+        job_id=fields.get("job_id") or None,
+        attempt=int(attempt) if attempt else None,
+    )
+
+
+async def mna_read(
+    *,
+    consumer: str,
+    group: str = MNA_GROUP,
+    count: int = 100,
+    block_ms: int | None = None,
+    shards: Collection[int] | None = None,
+    client: RedisCluster | None = None,
+) -> list[MnaEvent]:
+    """Read new reports for ``consumer`` in ``group`` from every shard (or ``shards``).
+
+    The shards are read in parallel; groups are created on first use. ``block_ms`` waits for
+    reports on each shard; keep it well below REDIS_SOCKET_TIMEOUT, which bounds every read.
+    """
+    if block_ms is not None and block_ms >= settings.REDIS_SOCKET_TIMEOUT * 500:
+        raise ValueError(f"block_ms={block_ms} must be under half of REDIS_SOCKET_TIMEOUT")
+    cluster = client or get_client()
+    chosen = range(keys.MNA_STREAM_SHARDS) if shards is None else shards
+    batches = await asyncio.gather(
+        *(_read_shard(cluster, shard, consumer, group, count, block_ms) for shard in chosen)
+    )
+    return [event for batch in batches for event in batch]
+
+
+async def _read_shard(
+    cluster: RedisCluster, shard: int, consumer: str, group: str, count: int, block_ms: int | None
+) -> list[MnaEvent]:
+    stream = keys.mna_stream(shard)
+    reply: Any = []
+    for _ in range(2):
+        try:
+            reply = await bounded(
+                "mna_read",
+                cluster.xreadgroup(group, consumer, {stream: ">"}, count=count, block=block_ms),
+            )
+            break
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            await mna_group_create(shard=shard, group=group, client=cluster)
+    return [
+        _event(shard, entry_id, fields)
+        for _, entries in reply or []
+        for entry_id, fields in entries
+    ]
+
+
+async def mna_group_create(
+    *, shard: int, group: str = MNA_GROUP, client: RedisCluster | None = None
+) -> None:
+    """Create the consumer group of a shard (and the stream) if it does not exist."""
+    cluster = client or get_client()
+    try:
+        await bounded(
+            "mna_group_create",
+            cluster.xgroup_create(keys.mna_stream(shard), group, id="0", mkstream=True),
+        )
+    except ResponseError as exc:
+        # Another worker created it first.
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
+async def mna_ack(
+    *, events: list[MnaEvent], group: str = MNA_GROUP, client: RedisCluster | None = None
+) -> int:
+    """Acknowledge handled reports; return how many were pending."""
+    cluster = client or get_client()
+    acked = 0
+    by_shard: dict[int, list[str]] = {}
+    for event in events:
+        by_shard.setdefault(event.shard, []).append(event.entry_id)
+    for shard, entry_ids in by_shard.items():
+        acked += await bounded("mna_ack", cluster.xack(keys.mna_stream(shard), group, *entry_ids))
+    return acked
+
+
+@dataclass(frozen=True, slots=True)
+class MnaMark:
+    """``marked``: unavailable until ``expiry_ms``; otherwise dropped (``dropped`` so far)."""
+
+    marked: bool
+    expiry_ms: int | None
+    dropped: int
+
+
+async def mna_mark(
+    *,
+    node_id: str,
+    service_id: str,
+    service_version: str | None,
+    mark_ttl_ms: int | None = None,
+    rate_limit: int | None = None,
+    rate_window_ms: int = RATE_WINDOW_MS,
+    client: RedisCluster | None = None,
+) -> MnaMark:
+    """Step 2: count the report against the node's rate limit and mark the node unavailable.
+
+    The mark covers ``service_id`` at ``service_version`` only, or every version when None.
+    """
+    reply = await SCRIPTS.call(
+        "mark_unavailable",
+        keys=[
+            keys.node_unavailable(node_id),
+            keys.node_mna_rate(node_id),
+            keys.node_mna_dropped(node_id),
+        ],
+        args=[
+            service_mark(service_id, service_version),
+            mark_ttl_ms or int(settings.MNA_MARK_TTL * 1000),
+            settings.MNA_NODE_RATE_LIMIT if rate_limit is None else rate_limit,
+            rate_window_ms,
+            DROPPED_TTL_MS,
+        ],
+        client=client,
+        subject=node_id,
+    )
+    if reply.code is Code.MARKED:
+        return MnaMark(marked=True, expiry_ms=reply.number(0), dropped=0)
+    return MnaMark(marked=False, expiry_ms=None, dropped=reply.number(0))
+
+
+async def mna_debounce(
+    *,
+    service_id: str,
+    service_version: str | None,
+    token: str,
+    window_ms: int | None = None,
+    client: RedisCluster | None = None,
+) -> bool:
+    """Step 3: True for exactly one report per (service, version) and window."""
+    reply = await SCRIPTS.call(
+        "debounce_mna",
+        keys=[keys.mna_debounce(service_id, service_version)],
+        args=[window_ms or int(settings.MNA_DEBOUNCE_WINDOW * 1000), token],
+        client=client,
+        subject=service_id,
+    )
+    return reply.code is Code.WON
+
+
+@dataclass(frozen=True, slots=True)
+class MnaDecision:
+    """What the worker does with a report: ``run_action`` for the debounce winner only."""
+
+    marked: bool
+    dropped: bool
+    run_action: bool
+
+
+async def mna_handle(*, event: MnaEvent, client: RedisCluster | None = None) -> MnaDecision:
+    """Steps 2 and 3 for one report, in the safe order; a dropped report stops at step 2."""
+    mark = await mna_mark(
+        node_id=event.node_id,
+        service_id=event.service_id,
+        service_version=event.service_version,
+        client=client,
+    )
+    if not mark.marked:
+        return MnaDecision(marked=False, dropped=True, run_action=False)
+    won = await mna_debounce(
+        service_id=event.service_id,
+        service_version=event.service_version,
+        token=f"{event.node_id}/{event.entry_id}",
+        client=client,
+    )
+    return MnaDecision(marked=True, dropped=False, run_action=won)
+
+
+async def mna_dropped(*, node_id: str, client: RedisCluster | None = None) -> int:
+    """Reports of the node dropped by the rate limit in the last day (metrics)."""
+    cluster = client or get_client()
+    value = await bounded("mna_dropped", cluster.get(keys.node_mna_dropped(node_id)))
+    return int(value or 0)

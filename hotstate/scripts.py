@@ -1,0 +1,229 @@
+"""The loader: every ``hotstate/lua/<verb>_<noun>-<numkeys>.lua`` read, checked and run here.
+
+Each file is one atomic commit. Its header (the leading ``--`` comment block) names the script,
+lists each ``KEYS[i]`` and ``ARGV[i]`` and every ``RETURN {CODE, ...}``. At import, every file is
+parsed and checked, so a malformed script stops the process before it serves anything:
+
+1. the file name is ``<verb>_<noun>-<numkeys>.lua`` and the header's first line names the script;
+2. the header declares ``KEYS[1..numkeys]`` exactly, ``ARGV[1..n]`` in order (the last one may be
+   variadic, ``ARGV[n..]``) and at least one return code;
+3. the body uses only declared KEYS and ARGV, returns only declared codes and every declared code,
+   and passes every key it touches as ``KEYS[i]`` (no key names built in Lua).
+
+Calls go through EVALSHA. redis-py's cluster client routes EVALSHA by its keys, so the script
+runs on the primary that owns their (shared) slot, and refuses keys of different slots before
+sending. Script caches are per server and a newly promoted replica starts empty, so a NOSCRIPT
+answer loads the script on the primary that owns the slot (SCRIPT LOAD, which the server never
+evicts) and retries; ``scripts_load`` preloads every primary at start-up. Every call is bounded
+by ``REDIS_SOCKET_TIMEOUT`` and raises ``DependencyDown`` when the cluster cannot answer; the
+commit may or may not have happened then, and every script is safe to retry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import re
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from django.conf import settings
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import NoScriptError
+
+from hotstate.client import get_client
+from hotstate.codes import Code, Reply, decode
+from hotstate.errors import DependencyDown, dependency_guard
+
+logger = logging.getLogger(__name__)
+
+LUA_DIR = Path(__file__).resolve().parent / "lua"
+NOSCRIPT_RETRIES = 3
+
+_FILENAME = re.compile(r"^(?P<name>[a-z]+_[a-z]+)-(?P<numkeys>[1-9][0-9]*)\.lua$")
+_TITLE = re.compile(r"^-- (?P<name>[a-z]+_[a-z]+): \S")
+_KEY = re.compile(r"^-- KEYS\[(?P<index>\d+)\] +(?P<name>[a-z_]+)\b")
+_ARG = re.compile(r"^-- ARGV\[(?P<index>\d+)(?P<variadic>\.\.)?\] +(?P<name>[a-z_]+)\b")
+_RETURN = re.compile(r"^-- RETURN \{(?P<code>[A-Z_]+)\b")
+_BODY_KEY = re.compile(r"\bKEYS\[(\d+)\]")
+_BODY_ARG = re.compile(r"\bARGV\[(\d+)\]")
+_BODY_CODE = re.compile(r"\{'([A-Z_]+)'|\bcode = '([A-Z_]+)'")
+_BODY_CALL = re.compile(r"redis\.call\('(?P<command>[A-Z]+)'(?:,\s*(?P<first>[^,)]+))?")
+_KEYLESS_COMMANDS = {"TIME"}
+
+
+class ScriptHeaderError(Exception):
+    """A .lua file breaks the header or body rules; the message names the file and the rule."""
+
+
+@dataclass(frozen=True)
+class LuaScript:
+    """One parsed, checked script."""
+
+    name: str
+    filename: str
+    numkeys: int
+    keys: tuple[str, ...]
+    argv: tuple[str, ...]
+    variadic: bool
+    codes: frozenset[str]
+    source: str
+    sha: str
+
+
+def parse_script(path: Path) -> LuaScript:
+    """Read one .lua file and check it against the rules above."""
+    match = _FILENAME.match(path.name)
+    if not match:
+        raise ScriptHeaderError(f"{path.name}: file name is not <verb>_<noun>-<numkeys>.lua")
+    name, numkeys = match["name"], int(match["numkeys"])
+    source = path.read_text()
+    lines = source.splitlines()
+    header = []
+    for line in lines:
+        if not line.startswith("--"):
+            break
+        header.append(line)
+    body = "\n".join(lines[len(header) :])
+
+    def fail(rule: str) -> ScriptHeaderError:
+        return ScriptHeaderError(f"{path.name}: {rule}")
+
+    title = _TITLE.match(header[0]) if header else None
+    if not title or title["name"] != name:
+        raise fail(f"the header must start with '-- {name}: <what it does>'")
+    keys: list[str] = []
+    argv: list[str] = []
+    codes: set[str] = set()
+    variadic = False
+    for line in header[1:]:
+        if key := _KEY.match(line):
+            if int(key["index"]) != len(keys) + 1:
+                raise fail(f"KEYS[{key['index']}] is out of order")
+            keys.append(key["name"])
+        elif arg := _ARG.match(line):
+            if variadic:
+                raise fail("only the last ARGV may be variadic")
+            if int(arg["index"]) != len(argv) + 1:
+                raise fail(f"ARGV[{arg['index']}] is out of order")
+            argv.append(arg["name"])
+            variadic = arg["variadic"] is not None
+        elif ret := _RETURN.match(line):
+            codes.add(ret["code"])
+        elif line.startswith(("-- KEYS", "-- ARGV", "-- RETURN")):
+            raise fail(f"unreadable header line {line!r}")
+    if len(keys) != numkeys:
+        raise fail(f"the header lists {len(keys)} KEYS but the file name says {numkeys}")
+    if not codes:
+        raise fail("the header lists no RETURN code")
+    unknown = codes - set(Code)
+    if unknown:
+        raise fail(f"codes {sorted(unknown)} are not in hotstate.codes.Code")
+
+    used_keys = {int(i) for i in _BODY_KEY.findall(body)}
+    if used_keys != set(range(1, numkeys + 1)):
+        raise fail(f"the body uses KEYS {sorted(used_keys)}, the header declares 1..{numkeys}")
+    fixed = len(argv) - 1 if variadic else len(argv)
+    beyond = sorted(i for i in {int(i) for i in _BODY_ARG.findall(body)} if i > fixed)
+    if beyond:
+        raise fail(f"the body reads ARGV {beyond} beyond the declared fixed ARGV 1..{fixed}")
+    returned = {a or b for a, b in _BODY_CODE.findall(body)}
+    if returned != codes:
+        raise fail(f"the body returns {sorted(returned)}, the header declares {sorted(codes)}")
+    for call in _BODY_CALL.finditer(body):
+        first = (call["first"] or "").strip()
+        if call["command"] not in _KEYLESS_COMMANDS and not _BODY_KEY.fullmatch(first):
+            raise fail(f"redis.call('{call['command']}', {first}): a key must be KEYS[i]")
+    return LuaScript(
+        name=name,
+        filename=path.name,
+        numkeys=numkeys,
+        keys=tuple(keys),
+        argv=tuple(argv),
+        variadic=variadic,
+        codes=frozenset(codes),
+        source=source,
+        sha=hashlib.sha1(source.encode()).hexdigest(),
+    )
+
+
+Arg = str | int | float
+
+
+class ScriptRegistry:
+    """Every script of a directory, loaded once; ``call`` runs one by name."""
+
+    def __init__(self, directory: Path = LUA_DIR) -> None:
+        scripts = [parse_script(path) for path in sorted(directory.glob("*.lua"))]
+        self.scripts: Mapping[str, LuaScript] = {script.name: script for script in scripts}
+        if len(self.scripts) != len(scripts):
+            raise ScriptHeaderError(f"two files in {directory} define the same script name")
+
+    def __getitem__(self, name: str) -> LuaScript:
+        return self.scripts[name]
+
+    async def call(
+        self,
+        name: str,
+        *,
+        keys: Sequence[str],
+        args: Iterable[Arg] = (),
+        client: RedisCluster | None = None,
+        subject: str = "",
+    ) -> Reply:
+        """Run script ``name``; codes become a :class:`Reply` or a refusal in ``decode``.
+
+        ``subject`` names what the call is about (a job id) in refusal messages.
+        """
+        script = self.scripts[name]
+        if len(keys) != script.numkeys:
+            raise ValueError(f"{script.filename} takes {script.numkeys} keys, got {len(keys)}")
+        cluster = client or get_client()
+        with dependency_guard(name):
+            async with asyncio.timeout(settings.REDIS_SOCKET_TIMEOUT):
+                raw = await self._evalsha(cluster, script, keys, tuple(args))
+        return decode(script, raw, subject)
+
+    async def _evalsha(
+        self, client: RedisCluster, script: LuaScript, keys: Sequence[str], args: tuple[Arg, ...]
+    ) -> Any:
+        for _ in range(NOSCRIPT_RETRIES):
+            try:
+                return await client.evalsha(script.sha, script.numkeys, *keys, *args)
+            except NoScriptError:
+                # A new or newly promoted primary: load the script where the slot lives now.
+                node = client.get_node_from_key(keys[0])
+                if node is None:
+                    raise DependencyDown(f"{script.name}: no primary serves the slot") from None
+                logger.info("loading script %s on %s", script.filename, node.name)
+                await client.execute_command("SCRIPT LOAD", script.source, target_nodes=node)
+        raise DependencyDown(
+            f"{script.name}: NOSCRIPT {NOSCRIPT_RETRIES} times; the slot keeps moving"
+        )
+
+    async def load_all(self, client: RedisCluster) -> None:
+        """SCRIPT LOAD every script on every primary (start-up warm-up; optional)."""
+        with dependency_guard("scripts_load"):
+            async with asyncio.timeout(settings.REDIS_SOCKET_TIMEOUT):
+                for script in self.scripts.values():
+                    await client.script_load(script.source)
+
+
+SCRIPTS = ScriptRegistry()
+
+T = TypeVar("T")
+
+
+async def bounded(what: str, awaitable: Awaitable[T]) -> T:
+    """Await a plain Redis read under the same bound and error mapping as a script call."""
+    with dependency_guard(what):
+        async with asyncio.timeout(settings.REDIS_SOCKET_TIMEOUT):
+            return await awaitable
+
+
+async def scripts_load(*, client: RedisCluster | None = None) -> None:
+    """Preload every script on every primary, so the first calls need no NOSCRIPT round trip."""
+    await SCRIPTS.load_all(client or get_client())

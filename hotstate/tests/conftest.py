@@ -1,0 +1,29 @@
+"""Hot-state test fixtures: each test gets its own key prefix on the real cluster.
+
+A per-test ``HOTSTATE_PREFIX`` makes every key the test touches its own, including the sharded
+keys that production shares (directory shards, MNA streams). Teardown deletes exactly the keys
+under that prefix, found with SCAN on every primary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+from redis.asyncio.cluster import RedisCluster
+
+
+async def delete_prefix(client: RedisCluster, prefix: str) -> int:
+    deleted = 0
+    async for key in client.scan_iter(match=f"{prefix}:*", count=1000):
+        deleted += await client.delete(key)
+    return deleted
+
+
+@pytest.fixture
+async def hot(redis: RedisCluster, settings, unique_tag: str) -> AsyncIterator[RedisCluster]:
+    """The cluster client, with HOTSTATE_PREFIX set to a prefix of this test's own."""
+    prefix = f"test-{unique_tag}"
+    settings.HOTSTATE_PREFIX = prefix
+    yield redis
+    await delete_prefix(redis, prefix)

@@ -1,0 +1,107 @@
+"""The loader: every .lua has a complete header, and broken ones are refused at load."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from redis.asyncio.cluster import RedisCluster
+
+from hotstate import keys
+from hotstate.codes import Code, ScriptReplyError
+from hotstate.scripts import LUA_DIR, SCRIPTS, ScriptHeaderError, ScriptRegistry, parse_script
+
+LUA_FILES = sorted(LUA_DIR.glob("*.lua"))
+
+
+def test_every_lua_file_is_loaded_once() -> None:
+    assert len(LUA_FILES) == len(SCRIPTS.scripts) > 20
+    assert {script.filename for script in SCRIPTS.scripts.values()} == {
+        path.name for path in LUA_FILES
+    }
+
+
+@pytest.mark.parametrize("path", LUA_FILES, ids=lambda path: path.name)
+def test_header_lists_every_key_argument_and_code(path: Path) -> None:
+    script = parse_script(path)
+    numkeys = int(re.fullmatch(r"[a-z_]+-(\d+)\.lua", path.name).group(1))  # type: ignore[union-attr]
+    assert script.numkeys == len(script.keys) == numkeys
+    header = path.read_text()
+    for index in range(1, numkeys + 1):
+        assert f"-- KEYS[{index}] " in header
+    for index in range(1, len(script.argv) + 1):
+        assert re.search(rf"-- ARGV\[{index}(\.\.)?\] ", header)
+    assert script.codes and script.codes <= set(Code)
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+GOOD = """-- touch_thing: a fine script.
+-- KEYS[1] thing  a key
+-- ARGV[1] value
+-- RETURN {OK, value}  done
+redis.call('SET', KEYS[1], ARGV[1])
+return {'OK', ARGV[1]}
+"""
+
+
+def test_a_well_formed_script_parses(tmp_path: Path) -> None:
+    script = parse_script(write(tmp_path, "touch_thing-1.lua", GOOD))
+    assert (script.keys, script.argv, script.codes) == (("thing",), ("value",), {"OK"})
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "complaint"),
+    [
+        ("touchthing-1.lua", GOOD, "file name"),
+        ("touch_thing-2.lua", GOOD, "lists 1 KEYS but the file name says 2"),
+        ("touch_thing-1.lua", GOOD.replace("-- touch_thing:", "-- other_thing:"), "must start"),
+        ("touch_thing-1.lua", GOOD.replace("-- RETURN {OK, value}  done\n", ""), "no RETURN"),
+        ("touch_thing-1.lua", GOOD.replace("{'OK'", "{'FULL'"), "the body returns"),
+        ("touch_thing-1.lua", GOOD.replace("ARGV[1])", "ARGV[2])"), "beyond the declared"),
+        (
+            "touch_thing-1.lua",
+            GOOD.replace("KEYS[1], ARGV[1])", "'gs1:x' .. ARGV[1], KEYS[1])"),
+            "a key must be KEYS[i]",
+        ),
+        ("touch_thing-1.lua", GOOD.replace("KEYS[1], ARGV", "KEYS[2], ARGV"), "uses KEYS"),
+        ("touch_thing-1.lua", GOOD.replace("{OK, value}", "{NOPE, value}"), "not in hotstate"),
+    ],
+)
+def test_a_broken_script_is_refused_at_load(
+    tmp_path: Path, name: str, text: str, complaint: str
+) -> None:
+    with pytest.raises(ScriptHeaderError, match=re.escape(complaint)):
+        parse_script(write(tmp_path, name, text))
+
+
+async def test_a_script_unknown_to_the_server_is_loaded_on_noscript_and_run(
+    tmp_path: Path, hot: RedisCluster, unique_tag: str
+) -> None:
+    # A body no server has seen (the tag makes its sha new), so the first EVALSHA is NOSCRIPT.
+    text = GOOD.replace("a fine script.", f"a fine script {unique_tag}.")
+    write(tmp_path, "touch_thing-1.lua", text)
+    registry = ScriptRegistry(tmp_path)
+    sha = registry["touch_thing"].sha
+    await hot.initialize()
+    key = keys.job_record(unique_tag)
+    node = hot.get_node_from_key(key)
+    assert await hot.execute_command("SCRIPT EXISTS", sha, target_nodes=node) == [0]
+    reply = await registry.call("touch_thing", keys=[key], args=["v"], client=hot)
+    assert (reply.code, reply.values) == (Code.OK, ("v",))
+    assert await hot.get(key) == "v"
+    assert await hot.execute_command("SCRIPT EXISTS", sha, target_nodes=node) == [1]
+
+
+async def test_an_undeclared_reply_is_a_bug_not_a_result(tmp_path: Path, hot: RedisCluster) -> None:
+    write(tmp_path, "touch_thing-1.lua", GOOD)
+    registry = ScriptRegistry(tmp_path)
+    # Another script's code ("FULL") is not one touch_thing declares.
+    object.__setattr__(registry["touch_thing"], "codes", frozenset({"FULL"}))
+    with pytest.raises(ScriptReplyError, match="not a declared code"):
+        await registry.call("touch_thing", keys=[keys.job_record("x")], args=["v"], client=hot)
