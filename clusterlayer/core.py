@@ -716,6 +716,8 @@ class _Process:
                     continue
                 done = []
                 self.unacked.pop(key, None)
+                if not wanted() or self.closed:
+                    break  # nobody waits any more: do not bring a flushed stream back
                 try:
                     await self._create_group(key, ttl_ms)
                 except UNAVAILABLE_ERRORS:

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from channels_redis.core import RedisChannelLayer
+from redis.asyncio.cluster import RedisCluster
 
 from clusterlayer import ClusterChannelLayer
 from clusterlayer.testing import StandaloneRedis
@@ -29,8 +30,11 @@ def standalone_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stand
 
 
 @pytest.fixture
-async def cluster_layer_factory(redis_cluster_url: str) -> AsyncIterator[LayerFactory]:
-    """Make ClusterChannelLayers sharing one random prefix (so they see each other)."""
+async def cluster_layer_factory(
+    redis_cluster_url: str, redis: RedisCluster
+) -> AsyncIterator[LayerFactory]:
+    """Make ClusterChannelLayers sharing one random prefix (so they see each other); after the
+    test, flush and close them and check that not one key of the prefix is left."""
     prefix = f"cl-{secrets.token_hex(5)}"
     made: list[ClusterChannelLayer] = []
 
@@ -44,6 +48,8 @@ async def cluster_layer_factory(redis_cluster_url: str) -> AsyncIterator[LayerFa
         await layer.flush()
     for layer in made:
         await layer.close()
+    left = [key async for key in redis.scan_iter(match=f"{prefix}:*")]
+    assert left == [], f"keys left behind: {left}"
 
 
 @pytest.fixture(params=["cluster", "channels_redis"])
