@@ -133,6 +133,7 @@ async def _read_shard(
         try:
             reply = await bounded(
                 "mna_read",
+                cluster,
                 cluster.xreadgroup(group, consumer, {stream: ">"}, count=count, block=block_ms),
             )
             break
@@ -155,6 +156,7 @@ async def mna_group_create(
     try:
         await bounded(
             "mna_group_create",
+            cluster,
             cluster.xgroup_create(keys.mna_stream(shard), group, id="0", mkstream=True),
         )
     except ResponseError as exc:
@@ -173,7 +175,9 @@ async def mna_ack(
     for event in events:
         by_shard.setdefault(event.shard, []).append(event.entry_id)
     for shard, entry_ids in by_shard.items():
-        acked += await bounded("mna_ack", cluster.xack(keys.mna_stream(shard), group, *entry_ids))
+        acked += await bounded(
+            "mna_ack", cluster, cluster.xack(keys.mna_stream(shard), group, *entry_ids)
+        )
     return acked
 
 
@@ -272,5 +276,5 @@ async def mna_handle(*, event: MnaEvent, client: RedisCluster | None = None) -> 
 async def mna_dropped(*, node_id: str, client: RedisCluster | None = None) -> int:
     """Reports of the node dropped by the rate limit in the last day (metrics)."""
     cluster = client or get_client()
-    value = await bounded("mna_dropped", cluster.get(keys.node_mna_dropped(node_id)))
+    value = await bounded("mna_dropped", cluster, cluster.get(keys.node_mna_dropped(node_id)))
     return int(value or 0)

@@ -277,14 +277,14 @@ async def node_drain(
 async def node_present(*, node_id: str, client: RedisCluster | None = None) -> bool:
     """Whether the node is online now (its presence key exists)."""
     cluster = client or get_client()
-    found: int = await bounded("node_present", cluster.exists(keys.node_presence(node_id)))
+    found: int = await bounded("node_present", cluster, cluster.exists(keys.node_presence(node_id)))
     return found == 1
 
 
 async def node_channel(*, node_id: str, client: RedisCluster | None = None) -> str | None:
     """The channel of the consumer holding the node's socket (the presence holder), or None."""
     cluster = client or get_client()
-    value = await bounded("node_channel", cluster.get(keys.node_presence(node_id)))
+    value = await bounded("node_channel", cluster, cluster.get(keys.node_presence(node_id)))
     return str(value) if value else None
 
 
@@ -301,7 +301,9 @@ async def node_directory_prune(*, horizon_ms: int, client: RedisCluster | None =
     pipe = cluster.pipeline(transaction=False)
     for shard in shards:
         pipe.zrange(shard, 0, -1, withscores=True)
-    listings: list[list[tuple[str, float]]] = await bounded("node_directory", pipe.execute())
+    listings: list[list[tuple[str, float]]] = await bounded(
+        "node_directory", cluster, pipe.execute()
+    )
     entries = [
         (shard, node, int(stamp))
         for shard, rows in zip(shards, listings, strict=True)
@@ -312,7 +314,7 @@ async def node_directory_prune(*, horizon_ms: int, client: RedisCluster | None =
     pipe = cluster.pipeline(transaction=False)
     for _, node_id, _ in entries:
         pipe.exists(keys.node_presence(node_id))
-    present: list[int] = await bounded("node_presence", pipe.execute())
+    present: list[int] = await bounded("node_presence", cluster, pipe.execute())
     gone: dict[str, list[str | int]] = {}
     for (shard, node_id, stamp), alive in zip(entries, present, strict=True):
         if not alive:

@@ -89,7 +89,7 @@ async def owner_get(
 ) -> str | None:
     """The channel holding the socket now, or None."""
     cluster = client or get_client()
-    value = await bounded("owner_get", cluster.get(_owner_key(kind, entity_id)))
+    value = await bounded("owner_get", cluster, cluster.get(_owner_key(kind, entity_id)))
     return str(value) if value else None
 
 
@@ -122,7 +122,7 @@ async def instance_renew(
 async def instance_alive(*, instance_id: str, client: RedisCluster | None = None) -> bool:
     cluster = client or get_client()
     found: int = await bounded(
-        "instance_alive", cluster.exists(keys.instance_presence(instance_id))
+        "instance_alive", cluster, cluster.exists(keys.instance_presence(instance_id))
     )
     return found == 1
 
@@ -130,7 +130,9 @@ async def instance_alive(*, instance_id: str, client: RedisCluster | None = None
 async def instance_unregister(*, instance_id: str, client: RedisCluster | None = None) -> None:
     """Drop the instance's presence at shutdown (only the instance itself writes this key)."""
     cluster = client or get_client()
-    await bounded("instance_unregister", cluster.delete(keys.instance_presence(instance_id)))
+    await bounded(
+        "instance_unregister", cluster, cluster.delete(keys.instance_presence(instance_id))
+    )
 
 
 # --- leader locks -------------------------------------------------------------------------------
@@ -179,5 +181,5 @@ async def leader_release(*, duty: str, token: str, client: RedisCluster | None =
 async def leader_get(*, duty: str, client: RedisCluster | None = None) -> str | None:
     """The token of the current leader of ``duty``, or None."""
     cluster = client or get_client()
-    value = await bounded("leader_get", cluster.get(keys.leader_lock(duty)))
+    value = await bounded("leader_get", cluster, cluster.get(keys.leader_lock(duty)))
     return str(value) if value else None

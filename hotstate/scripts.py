@@ -25,6 +25,7 @@ import asyncio
 import hashlib
 import logging
 import re
+import weakref
 from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +54,30 @@ _BODY_ARG = re.compile(r"\bARGV\[(\d+)\]")
 _BODY_CODE = re.compile(r"\{'([A-Z_]+)'|\bcode = '([A-Z_]+)'")
 _BODY_CALL = re.compile(r"redis\.call\('(?P<command>[A-Z]+)'(?:,\s*(?P<first>[^,)]+))?")
 _KEYLESS_COMMANDS = {"TIME"}
+
+
+# redis-py's asyncio cluster client refuses (MaxConnectionsError, a ConnectionError) a command
+# once a node's pool holds max_connections, instead of waiting. A burst of calls from one
+# process would then look like an outage. Calls wait for a permit here instead, inside their
+# time bound; at most max_connections are in flight per client, so no node pool overflows.
+_gates: weakref.WeakKeyDictionary[RedisCluster, asyncio.Semaphore] = weakref.WeakKeyDictionary()
+
+
+def _gate(client: RedisCluster) -> asyncio.Semaphore:
+    gate = _gates.get(client)
+    if gate is None:
+        limit = int(client.nodes_manager.connection_kwargs.get("max_connections") or 100)
+        gate = _gates[client] = asyncio.Semaphore(limit)
+    return gate
+
+
+async def _initialized(client: RedisCluster) -> None:
+    # redis-py 8.1's execute_command resolves command policies (opening connections to the
+    # startup node) before it initializes the client; when a fresh client gets a burst of
+    # concurrent commands, one task's initialize() closes the startup node under the others'
+    # half-open connections ("'NoneType' object has no attribute 'writelines'"). Initializing
+    # first avoids it; on an initialized client this is one flag check.
+    await client.initialize()
 
 
 class ScriptHeaderError(Exception):
@@ -183,7 +208,8 @@ class ScriptRegistry:
             raise ValueError(f"{script.filename} takes {script.numkeys} keys, got {len(keys)}")
         cluster = client or get_client()
         with dependency_guard(name):
-            async with asyncio.timeout(settings.REDIS_SOCKET_TIMEOUT):
+            async with asyncio.timeout(settings.REDIS_SOCKET_TIMEOUT), _gate(cluster):
+                await _initialized(cluster)
                 raw = await self._evalsha(cluster, script, keys, tuple(args))
         return decode(script, raw, subject)
 
@@ -208,6 +234,7 @@ class ScriptRegistry:
         """SCRIPT LOAD every script on every primary (start-up warm-up; optional)."""
         with dependency_guard("scripts_load"):
             async with asyncio.timeout(settings.REDIS_SOCKET_TIMEOUT):
+                await _initialized(client)
                 for script in self.scripts.values():
                     await client.script_load(script.source)
 
@@ -217,11 +244,18 @@ SCRIPTS = ScriptRegistry()
 T = TypeVar("T")
 
 
-async def bounded(what: str, awaitable: Awaitable[T]) -> T:
-    """Await a plain Redis read under the same bound and error mapping as a script call."""
-    with dependency_guard(what):
-        async with asyncio.timeout(settings.REDIS_SOCKET_TIMEOUT):
-            return await awaitable
+async def bounded(what: str, client: RedisCluster, awaitable: Awaitable[T]) -> T:
+    """Await a plain command of ``client`` under the same bound, gate and error mapping as a
+    script call."""
+    try:
+        with dependency_guard(what):
+            async with asyncio.timeout(settings.REDIS_SOCKET_TIMEOUT), _gate(client):
+                await _initialized(client)
+                return await awaitable
+    finally:
+        # Not awaited when the cluster failed first; closing a finished coroutine is a no-op.
+        if asyncio.iscoroutine(awaitable):
+            awaitable.close()
 
 
 async def scripts_load(*, client: RedisCluster | None = None) -> None:

@@ -113,7 +113,7 @@ async def session_renew(
 async def session_owner_get(*, session_id: str, client: RedisCluster | None = None) -> str | None:
     """The channel holding the session's socket now, or None (closed or expired)."""
     cluster = client or get_client()
-    value = await bounded("session_owner_get", cluster.get(keys.session_owner(session_id)))
+    value = await bounded("session_owner_get", cluster, cluster.get(keys.session_owner(session_id)))
     return str(value) if value else None
 
 
@@ -137,7 +137,7 @@ async def session_results_pending(
     """Job ids whose results wait in the outbox (not yet taken)."""
     cluster = client or get_client()
     outbox = await bounded(
-        "session_results_pending", cluster.hgetall(keys.session_outbox(session_id))
+        "session_results_pending", cluster, cluster.hgetall(keys.session_outbox(session_id))
     )
     return sorted(str(job_id) for job_id, frame in outbox.items() if frame)
 

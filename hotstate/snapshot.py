@@ -73,7 +73,7 @@ async def node_snapshot_read(*, client: RedisCluster | None = None) -> list[Node
     pipe = cluster.pipeline(transaction=False)
     for directory in keys.node_directories():
         pipe.zrange(directory, 0, -1)
-    listings: list[list[str]] = await bounded("node_snapshot_read", pipe.execute())
+    listings: list[list[str]] = await bounded("node_snapshot_read", cluster, pipe.execute())
     node_ids = sorted({node_id for listing in listings for node_id in listing})
     if not node_ids:
         return []
@@ -84,7 +84,7 @@ async def node_snapshot_read(*, client: RedisCluster | None = None) -> list[Node
         pipe.hgetall(keys.node_caps(node_id))
         pipe.zcount(keys.node_reservations(node_id), f"({now_ms}", "+inf")
         pipe.zrangebyscore(keys.node_unavailable(node_id), f"({now_ms}", "+inf", withscores=True)
-    replies = await bounded("node_snapshot_read", pipe.execute())
+    replies = await bounded("node_snapshot_read", cluster, pipe.execute())
     views = []
     for index, node_id in enumerate(node_ids):
         channel, caps, live, marks = replies[4 * index : 4 * index + 4]

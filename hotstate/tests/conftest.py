@@ -7,10 +7,18 @@ under that prefix, found with SCAN on every primary.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio.cluster import RedisCluster
+
+
+def free_port() -> int:
+    """A local port nobody listens on (bound, read, released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 async def delete_prefix(client: RedisCluster, prefix: str) -> int:
