@@ -67,13 +67,21 @@ def start_daphne(tmp_path: Path, env: dict[str, str] | None = None) -> DaphnePro
     log_path = tmp_path / f"daphne-{port}.log"
     full_env = {**os.environ, **(env or {})}
     process = subprocess.Popen(
-        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
-         "scheduler_project.asgi:application"],
+        [
+            sys.executable,
+            "-m",
+            "daphne",
+            "-b",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "scheduler_project.asgi:application",
+        ],
         cwd=ROOT,
         env=full_env,
         stdout=log_path.open("wb"),
         stderr=subprocess.STDOUT,
-    )  # fmt: skip
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -110,3 +118,40 @@ def daphne_factory(tmp_path: Path, redis_cluster_url: str) -> Iterator[object]:
     yield factory
     for server in started:
         stop_daphne(server)
+
+
+async def delete_keys(client: RedisCluster, prefix: str) -> int:
+    """Delete every key under ``prefix`` (SCAN on every primary); only this test's keys."""
+    deleted = 0
+    async for key in client.scan_iter(match=f"{prefix}:*", count=1000):
+        deleted += await client.delete(key)
+    return deleted
+
+
+@pytest.fixture
+async def scheduler(redis: RedisCluster, settings, unique_tag: str) -> AsyncIterator[object]:
+    """A scheduler process of this test's own, in this test's loop.
+
+    Its hot state lives under a key prefix of its own (so no other test or running server sees
+    its nodes), its node snapshot starts empty, its channel layer is in-memory, and its
+    background duties are stopped and its keys deleted afterwards.
+    """
+    from channels.layers import channel_layers
+
+    from hotstate.client import close_client
+    from nodes import snapshot
+    from scheduler_project.runtime import runtime_get, runtime_peek
+
+    prefix = f"test-{unique_tag}"
+    settings.HOTSTATE_PREFIX = prefix
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    channel_layers.backends.clear()
+    snapshot._snapshot = snapshot.NodeSnapshot()
+    await close_client()
+    yield runtime_get()
+    runtime = runtime_peek()
+    if runtime is not None:
+        await runtime.stop()
+    await close_client()
+    channel_layers.backends.clear()
+    await delete_keys(redis, prefix)

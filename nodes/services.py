@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass, replace
+
+from channels.db import database_sync_to_async
 from django.db import transaction
 from django.utils import timezone
 
+from hotstate import nodes as hnodes
+from hotstate.nodes import NodeCaps, NodeLoad
+from hotstate.snapshot import NodeView
 from nodes.models import Node
+from nodes.snapshot import snapshot_get
+from protocol import NodeHeartbeat, NodeRegister, Resources, ServiceRef
 from scheduler_project.credentials import secret_display_prefix, secret_hash, secret_new
 from scheduler_project.errors import BadMessage, Unauthorized
+
+logger = logging.getLogger(__name__)
 
 NODE_TOKEN_PREFIX = "nt"
 
@@ -57,3 +68,132 @@ def node_registration_record(*, node_id: str, capabilities: dict[str, object]) -
 def node_drained_set(*, node: Node, drained: bool) -> None:
     node.drained = drained
     node.save(update_fields=["drained"])
+
+
+# --- live connections (async: called by the node consumer) -------------------------------------
+
+
+@dataclass(frozen=True)
+class Connected:
+    node_id: str
+    previous_channel: str | None
+    caps: NodeCaps
+
+
+def caps_declared(frame: NodeRegister) -> NodeCaps:
+    """The capabilities a node declares when it registers."""
+    return NodeCaps(
+        max_jobs=frame.max_jobs,
+        node_version=frame.version,
+        services=_services_map(frame.services),
+        features=tuple(frame.features),
+        region=frame.region,
+    )
+
+
+def caps_changed(frame: NodeHeartbeat, *, previous: NodeCaps) -> NodeCaps:
+    """``previous`` with what a heartbeat changed (it only sends the fields that changed)."""
+    return replace(
+        previous,
+        max_jobs=frame.max_jobs if frame.max_jobs is not None else previous.max_jobs,
+        services=(
+            _services_map(frame.services) if frame.services is not None else previous.services
+        ),
+        features=tuple(frame.features) if frame.features is not None else previous.features,
+    )
+
+
+def _services_map(services: list[ServiceRef]) -> dict[str, list[str]]:
+    mapped: dict[str, list[str]] = {}
+    for service in services:
+        versions = mapped.setdefault(service.id, [])
+        if service.version is not None:
+            versions.append(service.version)
+    return mapped
+
+
+def load_from(resources: Resources) -> NodeLoad:
+    return NodeLoad(cpu_pct=resources.cpu_pct, mem_pct=resources.mem_pct, gpu_pct=resources.gpu_pct)
+
+
+async def node_connect(*, token: str, frame: NodeRegister, channel: str) -> Connected:
+    """Authenticate a node's socket and make it schedulable.
+
+    1. The token names an enabled node record (else ``Unauthorized``).
+    2. Presence, capabilities and load go to Redis; the presence names ``channel``, so jobs for
+       the node go to this socket and an older socket learns it was replaced.
+    3. This instance's snapshot learns of the node at once; other instances on their next
+       refresh. The declaration is kept on the node record for operators and the catalog.
+    """
+    node = await database_sync_to_async(node_authenticate)(token=token)
+    try:
+        caps = caps_declared(frame)
+    except ValueError as exc:
+        raise BadMessage(f"node_register: {exc}") from None
+    load = load_from(frame.resources)
+    published = await hnodes.node_publish(
+        node_id=node.node_id,
+        channel=channel,
+        caps=caps,
+        load=load,
+        register=True,
+        drained=node.drained,
+    )
+    snapshot_get().note_registered(
+        NodeView.registered(
+            node_id=node.node_id, channel=channel, caps=caps, load=load, drained=node.drained
+        )
+    )
+    await database_sync_to_async(node_registration_record)(
+        node_id=node.node_id, capabilities=frame.model_dump(exclude={"token", "type"})
+    )
+    previous = published.previous if published.previous != channel else None
+    logger.info("node %s registered on %s (max_jobs %s)", node.node_id, channel, caps.max_jobs)
+    return Connected(node_id=node.node_id, previous_channel=previous, caps=caps)
+
+
+async def node_beat(
+    *, node_id: str, channel: str, frame: NodeHeartbeat, caps: NodeCaps
+) -> NodeCaps | None:
+    """Apply a heartbeat; return the capabilities now in force, or None if the socket lost
+    the node to a newer connection (the consumer then closes with 4409)."""
+    load = load_from(frame.resources)
+    changed = (frame.services, frame.features, frame.max_jobs) != (None, None, None)
+    if changed:
+        try:
+            caps = caps_changed(frame, previous=caps)
+        except ValueError as exc:
+            raise BadMessage(f"node_heartbeat: {exc}") from None
+    beat = await hnodes.node_heartbeat(
+        node_id=node_id, channel=channel, load=load, running=frame.running
+    )
+    if beat.outcome is hnodes.HeartbeatOutcome.NOT_OWNER:
+        return None
+    if beat.outcome is hnodes.HeartbeatOutcome.NOT_PRESENT or changed:
+        # Expired while silent (or capabilities changed): publish again from this socket.
+        published = await hnodes.node_publish(
+            node_id=node_id,
+            channel=channel,
+            caps=caps,
+            load=load,
+            register=beat.outcome is hnodes.HeartbeatOutcome.NOT_PRESENT,
+        )
+        if published.outcome is hnodes.PublishOutcome.NOT_OWNER:
+            return None
+    return caps
+
+
+async def node_disconnect(*, node_id: str, channel: str) -> None:
+    """The socket closed: the node is offline unless a newer socket holds it already."""
+    outcome = await hnodes.node_remove(node_id=node_id, channel=channel)
+    if outcome is hnodes.OwnedOutcome.DONE:
+        snapshot_get().note_removed(node_id)
+    logger.info("node %s disconnected from %s (%s)", node_id, channel, outcome)
+
+
+async def node_drain_request(*, node_id: str, channel: str) -> None:
+    """The node asked for no new jobs (``node_drain``); running ones finish."""
+    await hnodes.node_drain(node_id=node_id, drained=True, channel=channel)
+    view = snapshot_get().nodes.get(node_id)
+    if view is not None:
+        snapshot_get().nodes[node_id] = replace(view, drained=True)

@@ -6,9 +6,11 @@ Interfaces (consumers, views, commands) catch ``SchedulerError`` and answer with
 
 from __future__ import annotations
 
+from protocol import ErrorCode
+
 
 class SchedulerError(Exception):
-    code = "INTERNAL_ERROR"
+    code = ErrorCode.INTERNAL_ERROR
 
     def __init__(self, message: str = "") -> None:
         super().__init__(message or self.__doc__ or self.code)
@@ -21,73 +23,88 @@ class SchedulerError(Exception):
 class BadMessage(SchedulerError):
     """The message is malformed."""
 
-    code = "BAD_MESSAGE"
+    code = ErrorCode.BAD_MESSAGE
 
 
 class Unauthorized(SchedulerError):
     """The token or key is missing, unknown or disabled."""
 
-    code = "UNAUTHORIZED"
+    code = ErrorCode.UNAUTHORIZED
 
 
 class Forbidden(SchedulerError):
     """The job is assigned to another node."""
 
-    code = "FORBIDDEN"
+    code = ErrorCode.FORBIDDEN
 
 
 class RateLimited(SchedulerError):
     """Too many messages; slow down."""
 
-    code = "RATE_LIMITED"
+    code = ErrorCode.RATE_LIMITED
 
 
 class NoAvailableNode(SchedulerError):
     """No online node can take this job now."""
 
-    code = "NO_AVAILABLE_NODE"
+    code = ErrorCode.NO_AVAILABLE_NODE
 
 
 class UnknownService(SchedulerError):
     """No node has ever offered this service."""
 
-    code = "UNKNOWN_SERVICE"
+    code = ErrorCode.UNKNOWN_SERVICE
 
 
 class PayloadTooLarge(SchedulerError):
     """The payload is larger than MAX_PAYLOAD_BYTES."""
 
-    code = "PAYLOAD_TOO_LARGE"
+    code = ErrorCode.PAYLOAD_TOO_LARGE
 
 
 class JobNotFound(SchedulerError):
     """No such job for this tenant (or it has already finished)."""
 
-    code = "JOB_NOT_FOUND"
+    code = ErrorCode.JOB_NOT_FOUND
 
 
 class StaleAttempt(SchedulerError):
     """The reply names an attempt other than the job's current one."""
 
-    code = "STALE_ATTEMPT"
+    code = ErrorCode.STALE_ATTEMPT
 
 
 class DependencyUnavailable(SchedulerError):
     """A dependency of the scheduler (Redis Cluster) is unavailable; try again shortly."""
 
-    code = "DEPENDENCY_DOWN"
+    code = ErrorCode.DEPENDENCY_DOWN
 
 
-HTTP_STATUS: dict[str, int] = {
-    "BAD_MESSAGE": 400,
-    "UNAUTHORIZED": 401,
-    "FORBIDDEN": 403,
-    "JOB_NOT_FOUND": 404,
-    "UNKNOWN_SERVICE": 404,
-    "STALE_ATTEMPT": 409,
-    "PAYLOAD_TOO_LARGE": 413,
-    "RATE_LIMITED": 429,
-    "INTERNAL_ERROR": 500,
-    "NO_AVAILABLE_NODE": 503,
-    "DEPENDENCY_DOWN": 503,
+HTTP_STATUS: dict[ErrorCode, int] = {
+    ErrorCode.BAD_MESSAGE: 400,
+    ErrorCode.UNAUTHORIZED: 401,
+    ErrorCode.FORBIDDEN: 403,
+    ErrorCode.JOB_NOT_FOUND: 404,
+    ErrorCode.UNKNOWN_SERVICE: 404,
+    ErrorCode.STALE_ATTEMPT: 409,
+    ErrorCode.PAYLOAD_TOO_LARGE: 413,
+    ErrorCode.RATE_LIMITED: 429,
+    ErrorCode.INTERNAL_ERROR: 500,
+    ErrorCode.NO_AVAILABLE_NODE: 503,
+    ErrorCode.DEPENDENCY_DOWN: 503,
 }
+
+
+def error_reply(exc: BaseException) -> tuple[ErrorCode, str]:
+    """The protocol code and message that answer ``exc``, for every interface.
+
+    Anything that is not a known failure is an ``INTERNAL_ERROR`` whose message reveals nothing;
+    the caller logs it.
+    """
+    from hotstate.errors import DependencyDown
+
+    if isinstance(exc, SchedulerError):
+        return exc.code, exc.message
+    if isinstance(exc, DependencyDown):
+        return ErrorCode.DEPENDENCY_DOWN, "the scheduler's state store is unavailable; retry"
+    return ErrorCode.INTERNAL_ERROR, "internal error"

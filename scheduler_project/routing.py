@@ -1,7 +1,13 @@
-"""WebSocket routes: each app contributes its own ``routing.py``."""
+"""WebSocket routes (PROTOCOL.md: ``/ws/node/`` and ``/ws/session/``)."""
 
 from __future__ import annotations
 
-from typing import Any
+from django.urls import re_path
 
-websocket_urlpatterns: list[Any] = []
+from nodes.consumers import NodeConsumer
+from sessions.consumers import SessionConsumer
+
+websocket_urlpatterns = [
+    re_path(r"^ws/node/?$", NodeConsumer.as_asgi()),
+    re_path(r"^ws/session/?$", SessionConsumer.as_asgi()),
+]

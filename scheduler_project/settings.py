@@ -197,6 +197,10 @@ MNA_MARK_TTL = env_float("MNA_MARK_TTL", 60.0, minimum=0.1)
 MNA_DEBOUNCE_WINDOW = env_float("MNA_DEBOUNCE_WINDOW", 30.0, minimum=0.1)
 MNA_NODE_RATE_LIMIT = env_int("MNA_NODE_RATE_LIMIT", 30, minimum=1)
 SESSION_RESUME_TTL = env_float("SESSION_RESUME_TTL", 300.0, minimum=1.0)
+# Selection skips nodes whose reported load is above these percentages.
+SELECT_MAX_CPU_PCT = env_float("SELECT_MAX_CPU_PCT", 100.0, minimum=0.0)
+SELECT_MAX_MEM_PCT = env_float("SELECT_MAX_MEM_PCT", 95.0, minimum=0.0)
+SELECT_MAX_GPU_PCT = env_float("SELECT_MAX_GPU_PCT", 100.0, minimum=0.0)
 
 # --- Channel layer ----------------------------------------------------------------------------
 

@@ -25,15 +25,17 @@ class ApiKeyAdmin(admin.ModelAdmin):
             super().save_model(request, obj, form, change)
             return
         key = api_key_issue(api_key=obj)
-        self.message_user(request, f"API key for tenant {obj.tenant}: {key}  {SHOWN_ONCE}",
-                          messages.WARNING)  # fmt: skip
+        self.message_user(
+            request, f"API key for tenant {obj.tenant}: {key}  {SHOWN_ONCE}", messages.WARNING
+        )
 
     @admin.action(description="Issue a new key (the old one stops working)")
     def issue_new_key(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
         for api_key in queryset:
             key = api_key_issue(api_key=api_key)
-            self.message_user(request, f"New API key for {api_key.tenant}: {key}  {SHOWN_ONCE}",
-                              messages.WARNING)  # fmt: skip
+            self.message_user(
+                request, f"New API key for {api_key.tenant}: {key}  {SHOWN_ONCE}", messages.WARNING
+            )
 
 
 @admin.register(ClientSession)

@@ -1,0 +1,103 @@
+"""This instance's in-memory view of every node, refreshed from Redis about once a second.
+
+Selection ranks candidates from it without a Redis round trip. It may be stale by up to a
+refresh interval; the reserve script is the authority, and its refusals are folded back in at
+once (``note_refusal``) so one instance does not keep choosing a node that just filled up.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field, replace
+
+from channels.db import database_sync_to_async
+
+from hotstate import snapshot as hsnapshot
+from hotstate.nodes import ReserveOutcome
+from hotstate.snapshot import NodeView
+from nodes.models import Node
+from scheduler_project.errors import UnknownService
+
+logger = logging.getLogger(__name__)
+
+REFRESH_INTERVAL_S = 1.0
+CATALOG_INTERVAL_S = 30.0
+
+
+@dataclass
+class NodeSnapshot:
+    nodes: dict[str, NodeView] = field(default_factory=dict)
+    # Every service a node has offered: from the live snapshot and from the node records.
+    catalog: set[str] = field(default_factory=set)
+    refreshed_at: float = 0.0
+    catalog_refreshed_at: float = 0.0
+    exclusions: Counter[str] = field(default_factory=Counter)
+
+    async def refresh(self) -> None:
+        views = await hsnapshot.node_snapshot_read()
+        self.nodes = {view.node_id: view for view in views}
+        for view in views:
+            self.catalog.update(view.caps.services)
+        self.refreshed_at = time.monotonic()
+
+    async def refresh_catalog(self) -> None:
+        self.catalog.update(await database_sync_to_async(_declared_services)())
+        self.catalog_refreshed_at = time.monotonic()
+
+    def require_known_service(self, service_id: str) -> None:
+        if service_id not in self.catalog:
+            raise UnknownService(f"no node has offered service {service_id!r}")
+
+    # --- what this instance learnt before the next refresh ------------------------------------
+
+    def note_registered(self, view: NodeView) -> None:
+        self.nodes[view.node_id] = view
+        self.catalog.update(view.caps.services)
+
+    def note_removed(self, node_id: str) -> None:
+        self.nodes.pop(node_id, None)
+
+    def note_released(self, node_id: str, *, live: int) -> None:
+        self.note_reserved(node_id, live=live)
+
+    def note_reserved(self, node_id: str, *, live: int) -> None:
+        view = self.nodes.get(node_id)
+        if view is not None:
+            self.nodes[node_id] = replace(view, live=live)
+
+    def note_refusal(self, node_id: str, outcome: ReserveOutcome, *, live: int) -> None:
+        self.exclusions[f"reserve_{outcome.value.lower()}"] += 1
+        view = self.nodes.get(node_id)
+        if view is None:
+            return
+        if outcome is ReserveOutcome.NOT_PRESENT:
+            self.nodes.pop(node_id, None)
+        elif outcome is ReserveOutcome.DRAINED:
+            self.nodes[node_id] = replace(view, drained=True)
+        else:
+            self.nodes[node_id] = replace(view, live=max(live, view.live))
+
+
+def _declared_services() -> set[str]:
+    services: set[str] = set()
+    for caps in Node.objects.filter(enabled=True).values_list("declared_capabilities", flat=True):
+        for service in (caps or {}).get("services", []):
+            if isinstance(service, dict) and isinstance(service.get("id"), str):
+                services.add(service["id"])
+    return services
+
+
+_snapshot = NodeSnapshot()
+
+
+def snapshot_get() -> NodeSnapshot:
+    """The process's snapshot (shared by every consumer and view of the process)."""
+    return _snapshot
+
+
+async def snapshot_refresh() -> None:
+    await _snapshot.refresh()
+    if time.monotonic() - _snapshot.catalog_refreshed_at > CATALOG_INTERVAL_S:
+        await _snapshot.refresh_catalog()

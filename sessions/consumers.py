@@ -1,0 +1,108 @@
+"""``/ws/session/``: a client's socket. Parses, calls one service, replies."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from jobs import services as jobs
+from jobs.delivery import layer_send
+from protocol import (
+    REJECT_CODES,
+    CloseCode,
+    ErrorCode,
+    Frame,
+    JobAccepted,
+    JobRejected,
+    JobSubmit,
+    SessionInit,
+    SessionJobCancel,
+    SessionReady,
+)
+from scheduler_project.runtime import runtime_get
+from scheduler_project.websocket import PeerConsumer, ref_of
+from sessions import services as sessions
+
+logger = logging.getLogger(__name__)
+
+
+class SessionConsumer(PeerConsumer):
+    peer = "session"
+    auth_message = SessionInit
+
+    session_id: str = ""
+    tenant: str = ""
+
+    async def authenticate(self, frame: SessionInit) -> None:
+        runtime = runtime_get()
+        opened = await sessions.session_open(
+            key=frame.api_key,
+            requested_session_id=frame.session_id,
+            channel=self.channel_name,
+            instance_id=runtime.instance_id,
+        )
+        self.session_id, self.tenant = opened.session_id, opened.tenant
+        if opened.previous_channel and opened.previous_channel != self.channel_name:
+            await layer_send(opened.previous_channel, {"type": "peer.replaced"})
+        self.authenticated = True
+        await self.send_frame(
+            SessionReady(session_id=self.session_id, instance_id=runtime.instance_id)
+        )
+        # Results that finished while the session was away, after session_ready.
+        for job_id in await sessions.session_results_pending(session_id=self.session_id):
+            await self._deliver(job_id)
+
+    async def on_disconnect(self, code: int) -> None:
+        await sessions.session_close(session_id=self.session_id, channel=self.channel_name)
+
+    # --- frames from the client ----------------------------------------------------------------
+
+    async def on_submit(self, frame: JobSubmit) -> None:
+        accepted = await jobs.job_submit(
+            tenant=self.tenant, session_id=self.session_id, submit=frame
+        )
+        await self.send_frame(
+            JobAccepted(
+                request_id=accepted.request_id, job_id=accepted.job_id, node_id=accepted.node_id
+            )
+        )
+        if accepted.duplicate:
+            # A duplicate of a finished job: its result is waiting in the outbox already.
+            for job_id in await sessions.session_results_pending(session_id=self.session_id):
+                if job_id == accepted.job_id:
+                    await self._deliver(job_id)
+
+    async def on_cancel(self, frame: SessionJobCancel) -> None:
+        await jobs.job_cancel(tenant=self.tenant, job_id=frame.job_id)
+
+    handlers = {"job_submit": on_submit, "job_cancel": on_cancel}
+
+    async def on_handler_error(self, frame: Frame, code: ErrorCode, message: str) -> None:
+        if isinstance(frame, JobSubmit) and code in REJECT_CODES:
+            await self.send_frame(
+                JobRejected(request_id=frame.request_id, code=code, message=message)
+            )
+            return
+        await self.send_error(code, message, ref_of(frame))
+
+    async def on_rate_limited(self, frame: Frame) -> None:
+        await self.on_handler_error(frame, ErrorCode.RATE_LIMITED, "too many frames")
+
+    # --- channel layer events ------------------------------------------------------------------
+
+    async def session_deliver(self, event: dict[str, Any]) -> None:
+        await self._deliver(event["job_id"])
+
+    async def job_progress(self, event: dict[str, Any]) -> None:
+        await self.send_raw(event["frame"])
+
+    async def peer_replaced(self, event: dict[str, Any]) -> None:
+        logger.info("session %s resumed elsewhere; closing %s", self.session_id, self.channel_name)
+        await self.close_with(CloseCode.REPLACED)
+
+    async def _deliver(self, job_id: str) -> None:
+        if self.closing:
+            return
+        frame = await sessions.session_result_take(session_id=self.session_id, job_id=job_id)
+        if frame is not None:
+            await self.send_raw(frame)
