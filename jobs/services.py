@@ -14,7 +14,7 @@ import json
 import logging
 import time
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from django.conf import settings
 
@@ -247,7 +247,6 @@ async def job_dispatch(*, job: JobView, exclude: Collection[str]) -> str | None:
             # Cancelled, timed out or placed by another instance first: give the slot back.
             await hnodes.slot_release(node_id=node.node_id, job_id=job.job_id)
             return None
-        await htimers.timer_arm(job_id=job.job_id, due_ms=now_ms() + _ack_timeout_ms())
         frame = JobAssign(
             job_id=job.job_id,
             attempt=job.attempt,
@@ -256,7 +255,10 @@ async def job_dispatch(*, job: JobView, exclude: Collection[str]) -> str | None:
             payload=json.loads(job.payload_json),
             deadline_ms=job.deadline_ms,
         )
-        await delivery.node_send(
+        # Arm the ack timer before sending: if this process dies right after the send, another
+        # instance still notices a missing ack.
+        await htimers.timer_arm(job_id=job.job_id, due_ms=now_ms() + _ack_timeout_ms())
+        sent = await delivery.node_send(
             channel=node.channel,
             event={
                 "type": "job.assign",
@@ -266,6 +268,20 @@ async def job_dispatch(*, job: JobView, exclude: Collection[str]) -> str | None:
                 "frame": dump(frame),
             },
         )
+        if not sent:
+            # The socket's process is gone (or stuck): undo this attempt's placement and let
+            # the failover path place it elsewhere now, instead of waiting for the ack timeout.
+            logger.warning(
+                "job %s: node %s unreachable at %s", job.job_id, node.node_id, node.channel
+            )
+            snapshot.note_removed(node.node_id)
+            await job_failover(
+                job=replace(job, state=JobState.DISPATCHED, node_id=node.node_id),
+                code=ErrorCode.NODE_LOST,
+                reason="the node's socket is unreachable",
+            )
+            placed = await hjobs.job_get(job_id=job.job_id)
+            return placed.node_id if placed is not None and placed.node_id else node.node_id
         logger.info(
             "job %s attempt %s dispatched to node %s", job.job_id, job.attempt, node.node_id
         )
