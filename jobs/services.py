@@ -132,7 +132,7 @@ async def job_submit(*, tenant: str, session_id: str, submit: JobSubmit) -> Acce
     if node_id is None:
         await _reject(tenant=tenant, request_id=submit.request_id, job_id=job_id)
         raise NoAvailableNode(f"no online node can take service {_service_name(submit.service)}")
-    logger.info("job %s accepted for request %s on node %s", job_id, submit.request_id, node_id)
+    logger.debug("job %s accepted for request %s on node %s", job_id, submit.request_id, node_id)
     return Accepted(job_id=job_id, request_id=submit.request_id, node_id=node_id)
 
 
@@ -282,7 +282,7 @@ async def job_dispatch(*, job: JobView, exclude: Collection[str]) -> str | None:
             )
             placed = await hjobs.job_get(job_id=job.job_id)
             return placed.node_id if placed is not None and placed.node_id else node.node_id
-        logger.info(
+        logger.debug(
             "job %s attempt %s dispatched to node %s", job.job_id, job.attempt, node.node_id
         )
         return node.node_id
@@ -462,7 +462,7 @@ async def job_ended(*, job_id: str, node_id: str | None, subscribers: Sequence[s
     await delivery.result_deliver_to(job=job, session_ids=subscribers)
     delivery.route_forget(job_id=job_id)
     history_record(job=job)
-    logger.info("job %s ended %s (attempt %s)", job_id, job.state, job.attempt)
+    logger.debug("job %s ended %s (attempt %s)", job_id, job.state, job.attempt)
 
 
 async def job_cancel(*, tenant: str, job_id: str) -> JobView:

@@ -51,6 +51,10 @@ class NodeConsumer(PeerConsumer):
         )
 
     async def on_disconnect(self, code: int) -> None:
+        if runtime_get().draining:
+            # The node reconnects to another instance and takes its presence over there; taking
+            # it offline here would fail its running jobs over for nothing.
+            return
         await nodes.node_disconnect(node_id=self.node_id, channel=self.channel_name)
 
     # --- frames from the node ------------------------------------------------------------------

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 
+from django.conf import settings
+
 from hotstate import mna as hmna
 from hotstate import nodes as hnodes
 from hotstate import owners as howners
@@ -66,12 +68,18 @@ async def history_run() -> None:
     await history_flush()
 
 
-def process_duties() -> list[Duty]:
-    return [
+def process_duties(role: str | None = None) -> list[Duty]:
+    """The duties of a process in ``role`` (default: SCHEDULER_ROLE)."""
+    role = role or settings.SCHEDULER_ROLE
+    local = [
         Duty("instance_heartbeat", 2.0, instance_heartbeat),
         Duty("snapshot_refresh", REFRESH_INTERVAL_S, snapshot_refresh),
+        Duty("history", 1.0, history_run),
+    ]
+    shared = [
         Duty("timers", 0.2, timers_run),
         Duty("mna", 0.05, mna_run),
-        Duty("history", 1.0, history_run),
         Duty("directory_prune", 30.0, directory_prune),
     ]
+    # A worker re-dispatches jobs, so it keeps a node snapshot like an instance.
+    return local if role == "instance" else [*local, *shared]

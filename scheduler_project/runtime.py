@@ -9,6 +9,7 @@ is logged and retried, so one bad round never stops a duty.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 import weakref
@@ -56,8 +57,11 @@ class Runtime:
             return
         self.started = True
         for duty in duties:
+            # A fresh context: the runtime may start inside a consumer's call, whose context
+            # carries asgiref's per-request executor; a duty's database calls must not use it
+            # (it is gone once that consumer ends).
             self.tasks[duty.name] = self.loop.create_task(
-                _run_forever(duty, self), name=f"duty:{duty.name}"
+                _run_forever(duty, self), name=f"duty:{duty.name}", context=contextvars.Context()
             )
 
     async def stop(self, *, within: float = 5.0) -> None:

@@ -87,6 +87,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "channels",
+    "scheduler_project.apps.SchedulerConfig",
     "hotstate",
     "nodes",
     "jobs",
@@ -201,6 +202,17 @@ SESSION_RESUME_TTL = env_float("SESSION_RESUME_TTL", 300.0, minimum=1.0)
 SELECT_MAX_CPU_PCT = env_float("SELECT_MAX_CPU_PCT", 100.0, minimum=0.0)
 SELECT_MAX_MEM_PCT = env_float("SELECT_MAX_MEM_PCT", 95.0, minimum=0.0)
 SELECT_MAX_GPU_PCT = env_float("SELECT_MAX_GPU_PCT", 100.0, minimum=0.0)
+
+# --- Processes ---------------------------------------------------------------------------------
+
+# "all": serve sockets and run every duty (one process is a whole scheduler); "instance": serve
+# sockets and run the per-process duties only; "worker": run the shared duties (timers,
+# MODEL_NOT_AVAILABLE, clean-up) without sockets. `serve` starts instances and workers.
+SCHEDULER_ROLE = env_str("SCHEDULER_ROLE", "all")
+if SCHEDULER_ROLE not in {"all", "instance", "worker"}:
+    raise ImproperlyConfigured(f"SCHEDULER_ROLE={SCHEDULER_ROLE!r}: use all, instance or worker")
+# Seconds a draining instance waits for its peers to leave before it stops anyway.
+DRAIN_GRACE = env_float("DRAIN_GRACE", 10.0, minimum=0.0)
 
 # --- Channel layer ----------------------------------------------------------------------------
 

@@ -30,8 +30,10 @@ from protocol import (
     dump,
     parse_inbound,
 )
+from scheduler_project.drain import consumer_track, consumer_untrack
 from scheduler_project.errors import error_reply
 from scheduler_project.ratelimit import FrameLimiter, Verdict
+from scheduler_project.runtime import runtime_get
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +79,11 @@ class PeerConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         self._auth_timer = asyncio.get_running_loop().call_later(
             settings.AUTH_TIMEOUT, self._on_auth_timeout
         )
+        if runtime_get().draining:
+            # PROTOCOL.md: an instance that stops closes with 1012, "reconnect elsewhere".
+            await self.close_with(CloseCode.SERVICE_RESTART)
+            return
+        consumer_track(self)
 
     def _on_auth_timeout(self) -> None:
         if not self.authenticated and not self.closing:
@@ -86,6 +93,7 @@ class PeerConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
     async def disconnect(self, code: int) -> None:
         self.closing = True
         self._auth_timer.cancel()
+        consumer_untrack(self)
         if self.authenticated:
             await self.on_disconnect(code)
 

@@ -1,0 +1,122 @@
+"""Draining an instance: stop taking work, send every peer elsewhere, then exit.
+
+``serve`` sends SIGUSR1 to an instance it stops (or an operator does). The instance then:
+
+1. marks itself draining: /readyz answers 503 and new sockets are closed with 1012;
+2. closes every open socket with 1012, so nodes and sessions reconnect to another instance
+   (nodes keep running their jobs and report them there; sessions resume and get their
+   results from the outbox; in-flight submits are retried by request_id and land on the same
+   job);
+3. waits for the sockets to go (bounded), flushes the job history, stops its duties and
+   unregisters, so senders see at once that it is gone;
+4. stops daphne.
+
+Daphne on SIGTERM alone would cancel the consumers without running ``disconnect``, so none of
+this relies on SIGTERM: the drain closes the sockets itself first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+import weakref
+from typing import TYPE_CHECKING, Any
+
+from django.conf import settings
+
+from hotstate import owners as howners
+from jobs.history import history_flush
+from protocol import CloseCode
+from scheduler_project.runtime import INSTANCE_ID, runtime_get
+
+if TYPE_CHECKING:
+    from scheduler_project.websocket import PeerConsumer
+
+logger = logging.getLogger(__name__)
+
+_live: weakref.WeakSet[PeerConsumer] = weakref.WeakSet()
+
+
+def consumer_track(consumer: PeerConsumer) -> None:
+    _live.add(consumer)
+
+
+def consumer_untrack(consumer: PeerConsumer) -> None:
+    _live.discard(consumer)
+
+
+def live_consumers() -> int:
+    return len(_live)
+
+
+async def instance_drain(*, grace_s: float | None = None, exit_process: bool = True) -> None:
+    runtime = runtime_get()
+    if runtime.draining:
+        return
+    runtime.draining = True
+    grace = settings.DRAIN_GRACE if grace_s is None else grace_s
+    logger.warning("instance %s draining: closing %s sockets with 1012", INSTANCE_ID, len(_live))
+    closers = [
+        asyncio.ensure_future(consumer.close_with(CloseCode.SERVICE_RESTART))
+        for consumer in list(_live)
+    ]
+    for outcome in await asyncio.gather(*closers, return_exceptions=True):
+        if isinstance(outcome, BaseException):
+            logger.error("instance %s: closing a socket failed: %r", INSTANCE_ID, outcome)
+    deadline = runtime.loop.time() + grace
+    # A bounded poll: sockets leave through their disconnect, or vanish with their consumer.
+    while _live and runtime.loop.time() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.05)
+    for consumer in list(_live):
+        logger.warning(
+            "instance %s: %s still open (authenticated=%s closing=%s)",
+            INSTANCE_ID,
+            type(consumer).__name__,
+            consumer.authenticated,
+            consumer.closing,
+        )
+    if _live:
+        logger.warning(
+            "instance %s: %s sockets still open after %ss", INSTANCE_ID, len(_live), grace
+        )
+    try:
+        await history_flush()
+    except Exception:
+        logger.exception("instance %s: job history flush failed while draining", INSTANCE_ID)
+    await runtime.stop()
+    try:
+        await howners.instance_unregister(instance_id=INSTANCE_ID)
+    except Exception:
+        logger.exception("instance %s: could not unregister", INSTANCE_ID)
+    await _close_channel_layer()
+    logger.warning("instance %s drained", INSTANCE_ID)
+    if exit_process:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+async def _close_channel_layer() -> None:
+    from channels.layers import get_channel_layer
+
+    layer: Any = get_channel_layer()
+    close = getattr(layer, "close", None)
+    if close is not None:
+        try:
+            await close()
+        except Exception:
+            logger.exception("instance %s: channel layer close failed", INSTANCE_ID)
+
+
+def install_drain_signal() -> None:
+    """Under daphne: SIGUSR1 starts the drain on daphne's event loop."""
+    server = sys.modules.get("daphne.server")
+    if server is None:  # not under daphne (tests, management commands): nothing to install
+        return
+    loop: asyncio.AbstractEventLoop = server.twisted_loop
+
+    def on_signal(signum: int, frame: object) -> None:
+        loop.call_soon_threadsafe(lambda: loop.create_task(instance_drain()))
+
+    signal.signal(signal.SIGUSR1, on_signal)
