@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from django.http import HttpRequest, JsonResponse
+from django.contrib.auth.views import redirect_to_login
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.template.response import TemplateResponse
+from django.urls import reverse
 from django.views.decorators.http import require_GET
 
-from dashboard.selectors import readiness
+from dashboard.selectors import dashboard_overview, readiness
+from scheduler_project.runtime import runtime_get
 
 
 @require_GET
@@ -25,3 +29,13 @@ async def readyz(request: HttpRequest) -> JsonResponse:
     if not report.ok:
         body["reason"] = report.reason
     return JsonResponse(body, status=200 if report.ok else 503)
+
+
+async def dashboard_home(request: HttpRequest) -> HttpResponse:
+    """The operator page (staff only): refreshes itself every few seconds."""
+    user = await request.auser()
+    if not (user.is_active and user.is_staff):
+        return redirect_to_login(request.get_full_path(), login_url=reverse("admin:login"))
+    context = await dashboard_overview()
+    context["instance_id"] = runtime_get().instance_id
+    return TemplateResponse(request, "dashboard/home.html", context)

@@ -177,10 +177,21 @@ class LocalCluster:
                         sock.bind((self.host, candidate))
                     except OSError:
                         raise LocalClusterError(
-                            f"port {self.host}:{candidate} is taken by another program; stop "
-                            f"it or choose another base port (REDIS_CLUSTER_PORT, now "
+                            f"port {self.host}:{candidate} is taken by {self._holder(port)}; "
+                            f"stop it or choose another base port (REDIS_CLUSTER_PORT, now "
                             f"{self.base_port})"
                         ) from None
+
+    def _holder(self, port: int) -> str:
+        """Who holds ``port``, as far as a Redis probe can tell."""
+        try:
+            directory = self._conn(port).config_get("dir").get("dir", "")
+        except (redis.exceptions.RedisError, OSError):
+            return "another program"
+        return (
+            f"a Redis server of another checkout or data folder ({directory}; this one uses "
+            f"{self.data_dir / str(port)})"
+        )
 
     def _redis_server(self) -> str:
         if self._server:

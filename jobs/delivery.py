@@ -18,6 +18,7 @@ from typing import Any
 from channels.exceptions import ChannelFull
 from channels.layers import get_channel_layer
 
+from clusterlayer import ProcessGone
 from hotstate import jobs as hjobs
 from hotstate import nodes as hnodes
 from hotstate import sessions as hsessions
@@ -36,6 +37,11 @@ async def layer_send(channel: str, event: Mapping[str, Any]) -> bool:
     assert layer is not None, "CHANNEL_LAYERS is not configured"
     try:
         await layer.send(channel, dict(event))
+    except ProcessGone:
+        # The socket's process stopped (a drained or crashed instance): its peers reconnect
+        # elsewhere; results wait in outboxes and jobs are placed again by the caller.
+        logger.debug("channel %s is gone; %s not sent", channel, event.get("type"))
+        return False
     except ChannelFull:
         logger.warning("channel %s is full; %s dropped", channel, event.get("type"))
         return False

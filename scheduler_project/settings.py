@@ -216,9 +216,10 @@ DRAIN_GRACE = env_float("DRAIN_GRACE", 10.0, minimum=0.0)
 
 # --- Channel layer ----------------------------------------------------------------------------
 
-# "memory" keeps everything in one process; "cluster" is the Redis Cluster layer (clusterlayer,
-# docs/channel-layer.md) on the hot-state cluster; "redis" is channels_redis on a standalone Redis.
-CHANNEL_LAYER_BACKEND = env_str("CHANNEL_LAYER", "memory")
+# "cluster" is the Redis Cluster layer (clusterlayer, docs/channel-layer.md) on the hot-state
+# cluster, which several instances need; "memory" keeps everything in one process (tests, a single
+# daphne); "redis" is channels_redis on a standalone Redis.
+CHANNEL_LAYER_BACKEND = env_str("CHANNEL_LAYER", "cluster")
 CHANNEL_LAYERS: dict[str, dict[str, Any]]
 if CHANNEL_LAYER_BACKEND == "memory":
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}

@@ -15,5 +15,6 @@ urlpatterns = [
     re_path(
         r"^api/v1/jobs/(?P<job_id>[^/]+)/cancel/?$", jobs_api.jobs_cancel, name="api-job-cancel"
     ),
+    re_path(r"^dashboard/?$", dashboard_views.dashboard_home, name="dashboard"),
     path("admin/", admin.site.urls),
 ]
