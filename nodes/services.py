@@ -194,6 +194,4 @@ async def node_disconnect(*, node_id: str, channel: str) -> None:
 async def node_drain_request(*, node_id: str, channel: str) -> None:
     """The node asked for no new jobs (``node_drain``); running ones finish."""
     await hnodes.node_drain(node_id=node_id, drained=True, channel=channel)
-    view = snapshot_get().nodes.get(node_id)
-    if view is not None:
-        snapshot_get().nodes[node_id] = replace(view, drained=True)
+    snapshot_get().note_drained(node_id)

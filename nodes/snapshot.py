@@ -35,10 +35,21 @@ class NodeSnapshot:
     catalog_refreshed_at: float = 0.0
     exclusions: Counter[str] = field(default_factory=Counter)
 
+    # What this instance noted (registered, removed, drained, capabilities) while a refresh
+    # read was in flight: the read may predate it, so it is applied again on top of the read.
+    noted: dict[str, NodeView | None] = field(default_factory=dict)
+
     async def refresh(self) -> None:
+        self.noted = {}
         views = await hsnapshot.node_snapshot_read()
-        self.nodes = {view.node_id: view for view in views}
-        for view in views:
+        nodes = {view.node_id: view for view in views}
+        for node_id, noted in self.noted.items():
+            if noted is None:
+                nodes.pop(node_id, None)
+            else:
+                nodes[node_id] = noted
+        self.nodes = nodes
+        for view in nodes.values():
             self.catalog.update(view.caps.services)
         self.refreshed_at = time.monotonic()
 
@@ -53,11 +64,17 @@ class NodeSnapshot:
     # --- what this instance learnt before the next refresh ------------------------------------
 
     def note_registered(self, view: NodeView) -> None:
-        self.nodes[view.node_id] = view
+        self.nodes[view.node_id] = self.noted[view.node_id] = view
         self.catalog.update(view.caps.services)
 
     def note_removed(self, node_id: str) -> None:
         self.nodes.pop(node_id, None)
+        self.noted[node_id] = None
+
+    def note_drained(self, node_id: str) -> None:
+        view = self.nodes.get(node_id)
+        if view is not None:
+            self.nodes[node_id] = self.noted[node_id] = replace(view, drained=True)
 
     def note_released(self, node_id: str, *, live: int) -> None:
         self.note_reserved(node_id, live=live)
