@@ -33,6 +33,7 @@ class NodeConsumer(PeerConsumer):
 
     node_id: str = ""
     caps: NodeCaps | None = None
+    drained: bool = False
 
     async def authenticate(self, frame: NodeRegister) -> None:
         runtime = runtime_get()
@@ -40,6 +41,7 @@ class NodeConsumer(PeerConsumer):
             token=frame.token, frame=frame, channel=self.channel_name
         )
         self.node_id, self.caps = connected.node_id, connected.caps
+        self.drained = connected.drained
         if connected.previous_channel:
             await layer_send(connected.previous_channel, {"type": "peer.replaced"})
         await self.send_frame(
@@ -62,7 +64,11 @@ class NodeConsumer(PeerConsumer):
     async def on_heartbeat(self, frame: NodeHeartbeat) -> None:
         assert self.caps is not None
         caps = await nodes.node_beat(
-            node_id=self.node_id, channel=self.channel_name, frame=frame, caps=self.caps
+            node_id=self.node_id,
+            channel=self.channel_name,
+            frame=frame,
+            caps=self.caps,
+            drained=self.drained,
         )
         if caps is None:
             await self.close_with(CloseCode.REPLACED)
@@ -99,6 +105,7 @@ class NodeConsumer(PeerConsumer):
 
     async def on_drain(self, frame: NodeDrain) -> None:
         await nodes.node_drain_request(node_id=self.node_id, channel=self.channel_name)
+        self.drained = True
 
     handlers = {
         "node_heartbeat": on_heartbeat,

@@ -78,6 +78,7 @@ class Connected:
     node_id: str
     previous_channel: str | None
     caps: NodeCaps
+    drained: bool
 
 
 def caps_declared(frame: NodeRegister) -> NodeCaps:
@@ -149,14 +150,20 @@ async def node_connect(*, token: str, frame: NodeRegister, channel: str) -> Conn
     )
     previous = published.previous if published.previous != channel else None
     logger.info("node %s registered on %s (max_jobs %s)", node.node_id, channel, caps.max_jobs)
-    return Connected(node_id=node.node_id, previous_channel=previous, caps=caps)
+    return Connected(
+        node_id=node.node_id, previous_channel=previous, caps=caps, drained=node.drained
+    )
 
 
 async def node_beat(
-    *, node_id: str, channel: str, frame: NodeHeartbeat, caps: NodeCaps
+    *, node_id: str, channel: str, frame: NodeHeartbeat, caps: NodeCaps, drained: bool
 ) -> NodeCaps | None:
     """Apply a heartbeat; return the capabilities now in force, or None if the socket lost
-    the node to a newer connection (the consumer then closes with 4409)."""
+    the node to a newer connection (the consumer then closes with 4409).
+
+    ``drained``: whether this connection is drained (by its record or by ``node_drain``); a
+    node published again after its presence expired stays drained.
+    """
     load = load_from(frame.resources)
     changed = (frame.services, frame.features, frame.max_jobs) != (None, None, None)
     if changed:
@@ -177,9 +184,16 @@ async def node_beat(
             caps=caps,
             load=load,
             register=beat.outcome is hnodes.HeartbeatOutcome.NOT_PRESENT,
+            drained=drained,
         )
         if published.outcome is hnodes.PublishOutcome.NOT_OWNER:
             return None
+        # This instance schedules with the new capabilities at once, not after its next refresh.
+        snapshot_get().note_published(
+            NodeView.registered(
+                node_id=node_id, channel=channel, caps=caps, load=load, drained=drained
+            )
+        )
     return caps
 
 

@@ -71,6 +71,14 @@ class NodeSnapshot:
         self.nodes.pop(node_id, None)
         self.noted[node_id] = None
 
+    def note_published(self, view: NodeView) -> None:
+        """A heartbeat published the node again (capabilities changed, or back after a
+        silence): its capabilities and drain are in force on this instance at once."""
+        known = self.nodes.get(view.node_id)
+        if known is not None:
+            view = replace(known, channel=view.channel, caps=view.caps, drained=view.drained)
+        self.note_registered(view)
+
     def note_drained(self, node_id: str) -> None:
         view = self.nodes.get(node_id)
         if view is not None:
