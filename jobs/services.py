@@ -30,6 +30,7 @@ from jobs.history import history_record
 from nodes.selectors import node_candidates
 from nodes.snapshot import snapshot_get
 from protocol import (
+    CANCEL_REASONS,
     ErrorCode,
     JobAssign,
     JobError,
@@ -505,7 +506,10 @@ async def job_end(*, job: JobView, to: JobState, code: ErrorCode, message: str) 
         if not transition.applied:
             return None
         if current.node_id and current.state is not JobState.CREATED:
-            cancel = NodeJobCancel(job_id=current.job_id, attempt=current.attempt, reason=code)
+            # A job_cancel only names CANCELLED, JOB_TIMEOUT or NODE_LOST; a job failed for
+            # another reason (MODEL_NOT_AVAILABLE after MAX_ATTEMPTS) is lost to its node.
+            reason = code if code in CANCEL_REASONS else ErrorCode.NODE_LOST
+            cancel = NodeJobCancel(job_id=current.job_id, attempt=current.attempt, reason=reason)
             await delivery.node_cancel(node_id=current.node_id, frame=cancel)
         await job_ended(
             job_id=current.job_id, node_id=current.node_id, subscribers=transition.subscribers
