@@ -258,7 +258,10 @@ async def job_dispatch(*, job: JobView, exclude: Collection[str]) -> str | None:
         )
         # Arm the ack timer before sending: if this process dies right after the send, another
         # instance still notices a missing ack.
-        await htimers.timer_arm(job_id=job.job_id, due_ms=now_ms() + _ack_timeout_ms())
+        # The ack timeout, or the job's own deadline if that comes first.
+        await htimers.timer_arm(
+            job_id=job.job_id, due_ms=min(job.deadline_ms, now_ms() + _ack_timeout_ms())
+        )
         sent = await delivery.node_send(
             channel=node.channel,
             event={
