@@ -83,8 +83,14 @@ def session_channel_forget(session_id: str) -> None:
     _owners.pop(session_id, None)
 
 
+def _real(session_ids: Iterable[str]) -> list[str]:
+    # A job submitted over HTTP has no session: its submit subscribed the empty id, which names
+    # no session key (and cannot be made into one).
+    return [session_id for session_id in session_ids if session_id]
+
+
 async def sessions_notify(*, session_ids: Iterable[str], event: Mapping[str, Any]) -> None:
-    for session_id in session_ids:
+    for session_id in _real(session_ids):
         channel = await session_channel(session_id)
         if channel:
             await layer_send(channel, event)
@@ -108,7 +114,7 @@ def result_frame(job: JobView) -> SessionJobResult:
 async def result_deliver_to(*, job: JobView, session_ids: Iterable[str]) -> None:
     """Store the result in each session's outbox, then tell its socket (if any) to take it."""
     frame_json = dump(result_frame(job))
-    for session_id in session_ids:
+    for session_id in _real(session_ids):
         await hsessions.session_result_put(
             session_id=session_id, job_id=job.job_id, frame_json=frame_json
         )
