@@ -134,6 +134,7 @@ class Route:
     attempt: int
     subscribers: frozenset[str]
     fetched: float
+    ended: bool = False
 
 
 _routes: dict[str, Route] = {}
@@ -151,7 +152,9 @@ async def route_get(*, job_id: str) -> Route | None:
         return None
     if len(_routes) > 100_000:
         _routes.clear()
-    route = Route(job.request_id, job.node_id, job.attempt, job.subscribers, now)
+    route = Route(
+        job.request_id, job.node_id, job.attempt, job.subscribers, now, job.state.terminal
+    )
     _routes[job_id] = route
     return route
 

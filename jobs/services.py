@@ -393,6 +393,10 @@ async def job_progress(
         raise Forbidden(f"job {job_id} is not assigned to this node")
     if route.attempt != attempt:
         raise StaleAttempt(f"job {job_id} is at attempt {route.attempt}, not {attempt}")
+    if route.ended:
+        # The session has its final result; like a late ack, this is ignored without an error.
+        logger.debug("job %s: progress after the end ignored", job_id)
+        return
     frame = SessionJobProgress(
         job_id=job_id, request_id=route.request_id, progress=progress, data=data
     )
