@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
+
+from django.conf import settings
 
 from jobs import services as jobs
 from jobs.delivery import layer_send
@@ -32,6 +35,7 @@ class SessionConsumer(PeerConsumer):
 
     session_id: str = ""
     tenant: str = ""
+    _renewer: asyncio.Task[None] | None = None
 
     async def authenticate(self, frame: SessionInit) -> None:
         runtime = runtime_get()
@@ -45,6 +49,7 @@ class SessionConsumer(PeerConsumer):
         if opened.previous_channel and opened.previous_channel != self.channel_name:
             await layer_send(opened.previous_channel, {"type": "peer.replaced"})
         self.authenticated = True
+        self._renewer = asyncio.ensure_future(self._keep_session())
         await self.send_frame(
             SessionReady(session_id=self.session_id, instance_id=runtime.instance_id)
         )
@@ -53,7 +58,30 @@ class SessionConsumer(PeerConsumer):
             await self._deliver(job_id)
 
     async def on_disconnect(self, code: int) -> None:
+        if self._renewer is not None:
+            self._renewer.cancel()
         await sessions.session_close(session_id=self.session_id, channel=self.channel_name)
+
+    async def _keep_session(self) -> None:
+        """Renew the session while its socket is open.
+
+        Its keys (owner, record, outbox) expire SESSION_RESUME_TTL after the last renewal, so
+        without this a session connected for longer would lose its results and its resume.
+        Losing the ownership means another socket resumed it: close this one with 4409.
+        """
+        while not self.closing:
+            await asyncio.sleep(settings.SESSION_RESUME_TTL / 3)
+            try:
+                owned = await sessions.session_renew(
+                    session_id=self.session_id, channel=self.channel_name
+                )
+            except Exception:
+                logger.warning("session %s: renewal failed; retrying", self.session_id)
+                continue
+            if not owned:
+                logger.info("session %s: no longer owned by %s", self.session_id, self.channel_name)
+                await self.close_with(CloseCode.REPLACED)
+                return
 
     # --- frames from the client ----------------------------------------------------------------
 
