@@ -115,6 +115,10 @@ class PeerConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         if verdict == Verdict.DISCONNECT:
             await self.close_with(CloseCode.RATE_LIMITED)
             return
+        if not self.authenticated:
+            # The first frame came in time. Judging it may take longer (a slow database), and
+            # it ends with the peer authenticated or the socket closed: the timer is done.
+            self._auth_timer.cancel()
         try:
             frame = parse_inbound(raw, peer=self.peer)
         except ProtocolError as exc:
