@@ -5,7 +5,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-# How long a peer may stay over its limit after the first refusal before it is disconnected.
+from django.conf import settings
+
+# How long a peer may stay over its limit after the first refusal before it is disconnected
+# (PROTOCOL.md: 10 s). ``settings.RATE_LIMIT_PERSIST_S`` overrides it, read when a limiter is
+# built, so tests can prove the 4429 close without waiting ten seconds.
 PERSIST_LIMIT_S = 10.0
 # A refusal-free stretch this long ends an over-limit episode.
 CALM_S = 1.0
@@ -49,12 +53,22 @@ class FrameLimiter:
     """A token bucket plus the "persisting for 10 s more closes with 4429" rule."""
 
     bucket: TokenBucket
+    persist_s: float = PERSIST_LIMIT_S
     episode_start: float | None = None
     last_refusal: float | None = None
 
     @classmethod
-    def build(cls, *, rate: float, burst: int, clock: object = time.monotonic) -> FrameLimiter:
-        return cls(bucket=TokenBucket(rate=rate, burst=burst, clock=clock))
+    def build(
+        cls,
+        *,
+        rate: float,
+        burst: int,
+        persist_s: float | None = None,
+        clock: object = time.monotonic,
+    ) -> FrameLimiter:
+        if persist_s is None:
+            persist_s = float(getattr(settings, "RATE_LIMIT_PERSIST_S", PERSIST_LIMIT_S))
+        return cls(bucket=TokenBucket(rate=rate, burst=burst, clock=clock), persist_s=persist_s)
 
     def check(self) -> str:
         now = self.bucket._now()
@@ -65,6 +79,6 @@ class FrameLimiter:
         if self.episode_start is None:
             self.episode_start = now
         self.last_refusal = now
-        if now - self.episode_start >= PERSIST_LIMIT_S:
+        if now - self.episode_start >= self.persist_s:
             return Verdict.DISCONNECT
         return Verdict.REFUSE
