@@ -1,0 +1,1 @@
+"""End-to-end tests: real daphne processes, real WebSockets, the real local Redis Cluster."""
