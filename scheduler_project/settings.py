@@ -185,6 +185,8 @@ MAX_FRAME_BYTES = env_int("MAX_FRAME_BYTES", 1024 * 1024, minimum=1024)
 MAX_PAYLOAD_BYTES = env_int("MAX_PAYLOAD_BYTES", 256 * 1024, minimum=1)
 RATE_LIMIT_PER_S = env_float("RATE_LIMIT_PER_S", 50.0, minimum=0.1)
 RATE_LIMIT_BURST = env_int("RATE_LIMIT_BURST", 100, minimum=1)
+# How long a peer may stay over its rate limit after the first refusal before it is closed (4429).
+RATE_LIMIT_PERSIST_S = env_float("RATE_LIMIT_PERSIST_S", 10.0, minimum=0.1)
 HEARTBEAT_INTERVAL_MS = env_int("HEARTBEAT_INTERVAL_MS", 5000, minimum=100)
 ACK_TIMEOUT = env_float("ACK_TIMEOUT", 5.0, minimum=0.1)
 MAX_ATTEMPTS = env_int("MAX_ATTEMPTS", 3, minimum=1)
