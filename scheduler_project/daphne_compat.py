@@ -4,8 +4,12 @@ Autobahn's ``sendClose`` (which daphne's ``serverClose`` calls) accepts only 100
 3000-4999, the codes a *browser* may choose (autobahn-python#1642, daphne#374). RFC 6455
 section 7.4.1 lets a server send the registered codes too, and PROTOCOL.md needs two of them:
 1009 (frame too big) and 1012 (service restart: reconnect elsewhere). For those codes the close
-frame is sent through autobahn's ``sendCloseFrame``, the same path autobahn uses for its own
-1009; every other code keeps daphne's behaviour.
+frame is sent through autobahn's ``sendCloseFrame``; every other code keeps daphne's behaviour.
+
+A message over daphne's own ``--websocket-max-message-size`` never reaches the application:
+autobahn fails the connection itself, and with its default ``failByDrop`` it drops TCP without
+a close frame (the peer sees 1006). Daphne's factory is therefore made to fail connections with
+a close frame, so such a peer gets 1009 as PROTOCOL.md promises.
 """
 
 from __future__ import annotations
@@ -23,10 +27,17 @@ def install() -> bool:
     """Patch daphne's WebSocket protocol if daphne serves this process; True if patched."""
     if "daphne.server" not in sys.modules:
         return False
-    from daphne.ws_protocol import WebSocketProtocol
+    from daphne.ws_protocol import WebSocketFactory, WebSocketProtocol
 
     if getattr(WebSocketProtocol, "_scheduler_close_codes", False):
         return True
+    factory_init = WebSocketFactory.__init__
+
+    def factory_init_closing(self: Any, *args: Any, **kwargs: Any) -> None:
+        factory_init(self, *args, **kwargs)
+        self.setProtocolOptions(failByDrop=False)
+
+    WebSocketFactory.__init__ = factory_init_closing
     original = WebSocketProtocol.serverClose
 
     def server_close(self: Any, code: int | None = None) -> None:

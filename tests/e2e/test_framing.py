@@ -184,17 +184,7 @@ async def test_bad_node_frames_get_an_error_and_change_nothing(
 
 
 # A frame over daphne's own websocket_max_message_size never reaches the consumer: autobahn
-# refuses it, and with its default failByDrop=True it drops the TCP connection without a close
-# frame, so the client sees 1006. MAX_FRAME_BYTES defaults to the same 1 MiB, so with default
-# settings every oversized frame ends this way.
-DAPHNE_DROPS_HUGE_FRAMES = pytest.mark.xfail(
-    strict=True,
-    reason="bug: a frame over daphne's websocket_max_message_size (1 MiB, the default "
-    "MAX_FRAME_BYTES too) is dropped by autobahn (failByDrop=True) without a close frame: "
-    "the client sees 1006, not 1009",
-)
-
-
+# refuses it, and scheduler_project.daphne_compat makes it close with 1009 rather than drop TCP.
 @pytest.mark.parametrize(
     "frame",
     [
@@ -210,7 +200,6 @@ DAPHNE_DROPS_HUGE_FRAMES = pytest.mark.xfail(
         pytest.param(
             padded_submit("r-huge", DAPHNE_MAX_MESSAGE_BYTES + 1000),
             id="over-daphne-limit",
-            marks=DAPHNE_DROPS_HUGE_FRAMES,
         ),
     ],
 )
