@@ -5,11 +5,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, replace
 
+from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
 from django.db import transaction
 from django.utils import timezone
 
 from hotstate import nodes as hnodes
+from hotstate.client import build_client
+from hotstate.errors import DependencyDown
 from hotstate.nodes import NodeCaps, NodeLoad
 from hotstate.snapshot import NodeView
 from nodes.models import Node
@@ -66,8 +69,24 @@ def node_registration_record(*, node_id: str, capabilities: dict[str, object]) -
 
 
 def node_drained_set(*, node: Node, drained: bool) -> None:
+    """Drain (or undrain) a node: the record keeps it across reconnects, and a node online now
+    stops getting jobs at once (an operator's action, from the admin)."""
     node.drained = drained
     node.save(update_fields=["drained"])
+    async_to_sync(_drained_live)(node_id=node.node_id, drained=drained)
+
+
+async def _drained_live(*, node_id: str, drained: bool) -> None:
+    # A client of its own: this runs in a short-lived loop of a sync request thread.
+    client = build_client()
+    try:
+        await hnodes.node_drain(node_id=node_id, drained=drained, client=client)
+    except DependencyDown:
+        logger.warning(
+            "node %s: drain flag saved; Redis unavailable, applies at reconnect", node_id
+        )
+    finally:
+        await client.aclose()
 
 
 # --- live connections (async: called by the node consumer) -------------------------------------

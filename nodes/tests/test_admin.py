@@ -5,8 +5,13 @@ from __future__ import annotations
 import re
 
 import pytest
+from asgiref.sync import async_to_sync
 from django.contrib.auth.models import User
 
+from conftest import delete_keys
+from hotstate import nodes as hnodes
+from hotstate.client import build_client
+from hotstate.nodes import NodeCaps, NodeLoad
 from nodes.models import Node
 from nodes.services import node_authenticate
 from sessions.models import ApiKey
@@ -66,9 +71,57 @@ def test_adding_an_api_key_in_the_admin_shows_it_once(staff_client) -> None:
     assert ApiKey.objects.count() == 1
 
 
-def test_the_drain_action_marks_nodes_drained(staff_client) -> None:
+async def _publish(url: str, node_id: str) -> None:
+    client = build_client(url)
+    try:
+        await hnodes.node_publish(
+            node_id=node_id,
+            channel="test.channel",
+            caps=NodeCaps(max_jobs=1, node_version="1", services={"asr": []}),
+            load=NodeLoad(cpu_pct=1, mem_pct=1),
+            register=True,
+            client=client,
+        )
+    finally:
+        await client.aclose()
+
+
+async def _reserve(url: str, node_id: str, job_id: str) -> hnodes.ReserveOutcome:
+    client = build_client(url)
+    try:
+        reservation = await hnodes.slot_reserve(
+            node_id=node_id, job_id=job_id, service_id="asr", client=client
+        )
+    finally:
+        await client.aclose()
+    return reservation.outcome
+
+
+async def _cleanup(url: str, prefix: str) -> None:
+    client = build_client(url)
+    try:
+        await delete_keys(client, prefix)
+    finally:
+        await client.aclose()
+
+
+def test_the_drain_action_stops_jobs_to_an_online_node_at_once(
+    staff_client, settings, redis_cluster_url, unique_tag
+) -> None:
+    url = redis_cluster_url
+    settings.HOTSTATE_PREFIX = f"test-{unique_tag}"
     staff_client.post("/admin/nodes/node/add/", {"name": "gpu-drain", "enabled": "on"})
     node = Node.objects.get(name="gpu-drain")
-    staff_client.post("/admin/nodes/node/", {"action": "drain", "_selected_action": [node.pk]})
-    node.refresh_from_db()
-    assert node.drained
+    async_to_sync(_publish)(url, node.node_id)
+    try:
+        staff_client.post("/admin/nodes/node/", {"action": "drain", "_selected_action": [node.pk]})
+        node.refresh_from_db()
+        assert node.drained
+        reserved = async_to_sync(_reserve)(url, node.node_id, "j_1")
+        assert reserved is hnodes.ReserveOutcome.DRAINED
+        staff_client.post(
+            "/admin/nodes/node/", {"action": "undrain", "_selected_action": [node.pk]}
+        )
+        assert async_to_sync(_reserve)(url, node.node_id, "j_2") is hnodes.ReserveOutcome.RESERVED
+    finally:
+        async_to_sync(_cleanup)(url, settings.HOTSTATE_PREFIX)
