@@ -141,6 +141,7 @@ class BadState(Refused):
     code = Code.BAD_STATE
 
 
+_CODES = {code.value: code for code in Code}
 REFUSALS: dict[Code, type[Refused]] = {
     cls.code: cls for cls in (JobNotFound, StaleAttempt, Forbidden, BadState)
 }
@@ -165,7 +166,7 @@ def decode(script: LuaScript, raw: Any, subject: str) -> Reply:
     """Turn a raw script reply into a :class:`Reply`, or raise its refusal."""
     if not isinstance(raw, list) or not raw or raw[0] not in script.codes:
         raise ScriptReplyError(f"{script.filename} returned {raw!r}, not a declared code")
-    code = Code(raw[0])
+    code = _CODES[raw[0]]
     refusal = REFUSALS.get(code)
     if refusal is not None:
         state, attempt, node_id = raw[1], raw[2], raw[3]

@@ -242,9 +242,8 @@ async def job_transition(
             to.value,
             node_id or "",
             ",".join(state.value for state in from_states),
-            result_json or "",
-            error_code or "",
-            error_message or "",
+            # The outcome travels with terminal moves only: fewer arguments on the hot path.
+            *((result_json or "", error_code or "", error_message or "") if to.terminal else ()),
         ],
         client=client,
         subject=job_id,

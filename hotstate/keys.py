@@ -30,10 +30,13 @@ no value can end a hash tag early or make two different (tenant, request) pairs 
 
 from __future__ import annotations
 
+import functools
 import zlib
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
+from django.core.signals import setting_changed
+from django.dispatch import receiver
 
 # Shard counts are part of the schema: changing one moves keys, so bump HOTSTATE_PREFIX with it.
 NODE_DIRECTORY_SHARDS = 16
@@ -50,13 +53,29 @@ def _part(value: str) -> str:
     return value.translate(_ESCAPES)
 
 
+_prefix: str | None = None
+
+
 def prefix() -> str:
-    value: str = settings.HOTSTATE_PREFIX
-    if not value or "{" in value or "}" in value:
-        raise ImproperlyConfigured(
-            f"HOTSTATE_PREFIX={value!r} must be non-empty and free of braces (they mark hash tags)"
-        )
-    return value
+    """``settings.HOTSTATE_PREFIX``, checked once (every key is built on the hot path)."""
+    global _prefix
+    if _prefix is None:
+        value: str = settings.HOTSTATE_PREFIX
+        if not value or "{" in value or "}" in value:
+            raise ImproperlyConfigured(
+                f"HOTSTATE_PREFIX={value!r} must be non-empty and free of braces "
+                f"(they mark hash tags)"
+            )
+        _prefix = value
+    return _prefix
+
+
+@receiver(setting_changed)
+def _prefix_changed(*, setting: str, **kwargs: object) -> None:
+    # override_settings (tests) changes the prefix at run time.
+    global _prefix
+    if setting == "HOTSTATE_PREFIX":
+        _prefix = None
 
 
 def _shard(value: str, shards: int) -> int:
@@ -95,6 +114,22 @@ def node_mna_rate(node_id: str) -> str:
 def node_mna_dropped(node_id: str) -> str:
     """Counter of MODEL_NOT_AVAILABLE reports dropped by the rate limit."""
     return f"{prefix()}:{{n:{_part(node_id)}}}:mna_dropped"
+
+
+def node_slot_keys(node_id: str) -> tuple[str, str, str, str]:
+    """presence, caps, reservations, unavailable: the keys of every slot_reserve call."""
+    return _node_slot_keys(prefix(), node_id)
+
+
+@functools.lru_cache(maxsize=65536)
+def _node_slot_keys(current_prefix: str, node_id: str) -> tuple[str, str, str, str]:
+    # Nodes are few and reserved on constantly; the prefix is part of the cache key.
+    return (
+        node_presence(node_id),
+        node_caps(node_id),
+        node_reservations(node_id),
+        node_unavailable(node_id),
+    )
 
 
 def node_owner(node_id: str) -> str:

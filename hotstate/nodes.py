@@ -372,12 +372,7 @@ async def slot_reserve(
     mark_version = service_mark(service_id, service_version) if service_id else ""
     reply = await SCRIPTS.call(
         "reserve_slot",
-        keys=[
-            keys.node_presence(node_id),
-            keys.node_caps(node_id),
-            keys.node_reservations(node_id),
-            keys.node_unavailable(node_id),
-        ],
+        keys=keys.node_slot_keys(node_id),
         args=[
             job_id,
             ttl_ms or reservation_ttl_ms(),

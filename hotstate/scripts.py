@@ -32,12 +32,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from django.conf import settings
+from django.core.signals import setting_changed
+from django.dispatch import receiver
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError
 
 from hotstate.client import get_client
 from hotstate.codes import Code, Reply, decode
-from hotstate.errors import DependencyDown, dependency_guard
+from hotstate.errors import UNAVAILABLE_ERRORS, DependencyDown, dependency_guard
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +53,8 @@ _ARG = re.compile(r"^-- ARGV\[(?P<index>\d+)(?P<variadic>\.\.)?\] +(?P<name>[a-z
 _RETURN = re.compile(r"^-- RETURN \{(?P<code>[A-Z_]+)\b")
 _BODY_KEY = re.compile(r"\bKEYS\[(\d+)\]")
 _BODY_ARG = re.compile(r"\bARGV\[(\d+)\]")
-_BODY_CODE = re.compile(r"\{'([A-Z_]+)'|\bcode = '([A-Z_]+)'")
+# A code is returned as the first element of a table, or assigned to a variable returned later.
+_BODY_CODE = re.compile(r"\{'([A-Z_]+)'|\b[a-z_]+ = '([A-Z][A-Z_]*)'")
 _BODY_CALL = re.compile(r"redis\.call\('(?P<command>[A-Z]+)'(?:,\s*(?P<first>[^,)]+))?")
 _KEYLESS_COMMANDS = {"TIME"}
 
@@ -76,8 +79,27 @@ async def _initialized(client: RedisCluster) -> None:
     # startup node) before it initializes the client; when a fresh client gets a burst of
     # concurrent commands, one task's initialize() closes the startup node under the others'
     # half-open connections ("'NoneType' object has no attribute 'writelines'"). Initializing
-    # first avoids it; on an initialized client this is one flag check.
-    await client.initialize()
+    # first avoids it. The flag check skips a coroutine per call once initialized.
+    if getattr(client, "_initialize", True):
+        await client.initialize()
+
+
+_call_timeout: float | None = None
+
+
+def _timeout() -> float:
+    """REDIS_SOCKET_TIMEOUT: the bound of one whole call, retries included."""
+    global _call_timeout
+    if _call_timeout is None:
+        _call_timeout = float(settings.REDIS_SOCKET_TIMEOUT)
+    return _call_timeout
+
+
+@receiver(setting_changed)
+def _timeout_changed(*, setting: str, **kwargs: object) -> None:
+    global _call_timeout
+    if setting == "REDIS_SOCKET_TIMEOUT":
+        _call_timeout = None
 
 
 class ScriptHeaderError(Exception):
@@ -207,14 +229,19 @@ class ScriptRegistry:
         if len(keys) != script.numkeys:
             raise ValueError(f"{script.filename} takes {script.numkeys} keys, got {len(keys)}")
         cluster = client or get_client()
-        with dependency_guard(name):
-            async with asyncio.timeout(settings.REDIS_SOCKET_TIMEOUT), _gate(cluster):
+        if not isinstance(args, list | tuple):
+            args = tuple(args)  # a NOSCRIPT retry sends them again
+        # dependency_guard's mapping, inlined: this is the hot path of every commit.
+        try:
+            async with asyncio.timeout(_timeout()), _gate(cluster):
                 await _initialized(cluster)
-                raw = await self._evalsha(cluster, script, keys, tuple(args))
+                raw = await self._evalsha(cluster, script, keys, args)
+        except UNAVAILABLE_ERRORS as exc:
+            raise DependencyDown(f"{name}: {type(exc).__name__}: {exc}") from exc
         return decode(script, raw, subject)
 
     async def _evalsha(
-        self, client: RedisCluster, script: LuaScript, keys: Sequence[str], args: tuple[Arg, ...]
+        self, client: RedisCluster, script: LuaScript, keys: Sequence[str], args: Iterable[Arg]
     ) -> Any:
         for _ in range(NOSCRIPT_RETRIES):
             try:
@@ -233,7 +260,7 @@ class ScriptRegistry:
     async def load_all(self, client: RedisCluster) -> None:
         """SCRIPT LOAD every script on every primary (start-up warm-up; optional)."""
         with dependency_guard("scripts_load"):
-            async with asyncio.timeout(settings.REDIS_SOCKET_TIMEOUT):
+            async with asyncio.timeout(_timeout()):
                 await _initialized(client)
                 for script in self.scripts.values():
                     await client.script_load(script.source)
@@ -249,7 +276,7 @@ async def bounded(what: str, client: RedisCluster, awaitable: Awaitable[T]) -> T
     script call."""
     try:
         with dependency_guard(what):
-            async with asyncio.timeout(settings.REDIS_SOCKET_TIMEOUT), _gate(client):
+            async with asyncio.timeout(_timeout()), _gate(client):
                 await _initialized(client)
                 return await awaitable
     finally:

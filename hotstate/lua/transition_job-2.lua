@@ -18,9 +18,7 @@
 -- ARGV[2] to_state
 -- ARGV[3] node_id        the node assigned (to DISPATCHED) or reporting; '' = scheduler
 -- ARGV[4] from_states    comma-separated states the caller expects; '' = any the rules allow
--- ARGV[5] result         JSON result of a terminal transition, or ''
--- ARGV[6] error_code     error code of a terminal transition, or ''
--- ARGV[7] error_message  or ''
+-- ARGV[5..] outcome      terminal moves only: result (JSON or ''), error_code, error_message
 -- RETURN {APPLIED, state, attempt, node_id, subscriber...}  moved; a terminal move lists the
 --                                                           subscribers to deliver to
 -- RETURN {DUPLICATE, state, attempt, node_id}      already in to_state for this attempt/node
@@ -28,15 +26,13 @@
 -- RETURN {FORBIDDEN, state, attempt, node_id}      node_id is not the job's assigned node
 -- RETURN {BAD_STATE, state, attempt, node_id}      not allowed from the current state
 -- RETURN {NOT_FOUND, '', 0, ''}                    no such job
-local NEXT = {
-  CREATED = {DISPATCHED = true, FAILED = true, CANCELLED = true, TIMED_OUT = true},
-  DISPATCHED = {ACCEPTED = true, CREATED = true, FAILED = true, CANCELLED = true,
-                TIMED_OUT = true},
-  ACCEPTED = {RUNNING = true, FINISHED = true, CREATED = true, FAILED = true, CANCELLED = true,
-              TIMED_OUT = true},
-  RUNNING = {FINISHED = true, CREATED = true, FAILED = true, CANCELLED = true, TIMED_OUT = true},
-}
-local TERMINAL = {FINISHED = true, FAILED = true, CANCELLED = true, TIMED_OUT = true}
+-- The rules above as 'FROM>TO' pairs; string lookups keep the script free of per-call tables.
+local EDGES = ',CREATED>DISPATCHED,DISPATCHED>ACCEPTED,ACCEPTED>RUNNING,ACCEPTED>FINISHED,' ..
+  'RUNNING>FINISHED,DISPATCHED>CREATED,ACCEPTED>CREATED,RUNNING>CREATED,' ..
+  'CREATED>FAILED,CREATED>CANCELLED,CREATED>TIMED_OUT,DISPATCHED>FAILED,DISPATCHED>CANCELLED,' ..
+  'DISPATCHED>TIMED_OUT,ACCEPTED>FAILED,ACCEPTED>CANCELLED,ACCEPTED>TIMED_OUT,' ..
+  'RUNNING>FAILED,RUNNING>CANCELLED,RUNNING>TIMED_OUT,'
+local TERMINAL = ',FINISHED,FAILED,CANCELLED,TIMED_OUT,'
 
 local cur = redis.call('HMGET', KEYS[1], 'state', 'attempt', 'node_id')
 local state, attempt, node = cur[1], tonumber(cur[2]), cur[3]
@@ -56,7 +52,8 @@ end
 if ARGV[4] ~= '' and not string.find(',' .. ARGV[4] .. ',', ',' .. state .. ',', 1, true) then
   return {'BAD_STATE', state, attempt, node}
 end
-if TERMINAL[state] or not NEXT[state][to] then
+-- Terminal states have no outgoing edge, so they are final here too.
+if not string.find(EDGES, ',' .. state .. '>' .. to .. ',', 1, true) then
   return {'BAD_STATE', state, attempt, node}
 end
 
@@ -70,9 +67,10 @@ elseif to == 'DISPATCHED' then
 end
 redis.call('HSET', KEYS[1], 'state', to, 'attempt', attempt, 'node_id', node, 'updated_ms', now)
 local reply = {'APPLIED', to, attempt, node}
-if TERMINAL[to] then
-  redis.call('HSET', KEYS[1], 'result', ARGV[5], 'error_code', ARGV[6],
-    'error_message', ARGV[7], 'finished_ms', now)
+if string.find(TERMINAL, ',' .. to .. ',', 1, true) then
+  local result, error_code, error_message = unpack(ARGV, 5)
+  redis.call('HSET', KEYS[1], 'result', result or '', 'error_code', error_code or '',
+    'error_message', error_message or '', 'finished_ms', now)
   -- The subscribers read in this commit get the result from the caller; a session that
   -- subscribes later sees the terminal state and is served by its own caller. Never both.
   for _, session in ipairs(redis.call('SMEMBERS', KEYS[2])) do

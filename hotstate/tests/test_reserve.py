@@ -231,6 +231,8 @@ async def _sample_while_running(
         reports = []
         deadline = time.monotonic() + 120
         while len(reports) < processes and time.monotonic() < deadline:
+            if not any(worker.is_alive() for worker in workers) and results.empty():
+                break  # a worker failed; its exit code tells the test
             with counts.get_lock():
                 counted = list(counts)
             pipe = client.pipeline(transaction=False)
