@@ -43,6 +43,7 @@ EDGES = {
     (S.ACCEPTED, S.RUNNING),
     (S.RUNNING, S.FINISHED),
     (S.ACCEPTED, S.FINISHED),
+    (S.DISPATCHED, S.FINISHED),  # a result before the ack is an implicit ack
     *((s, S.CREATED) for s in (S.DISPATCHED, S.ACCEPTED, S.RUNNING)),
     *(
         (s, end)

@@ -159,10 +159,16 @@ async def test_states_cannot_be_skipped(hot: RedisCluster) -> None:
     with pytest.raises(BadState):  # a node cannot run a job never dispatched to it
         await job_transition(job_id="j1", attempt=1, to=S.CREATED, client=hot)
     await job_transition(job_id="j1", attempt=1, to=S.DISPATCHED, node_id="nA", client=hot)
-    with pytest.raises(BadState):
-        await job_transition(job_id="j1", attempt=1, to=S.FINISHED, node_id="nA", client=hot)
-    with pytest.raises(BadState):
+    with pytest.raises(BadState):  # running before the node acked it
         await job_transition(job_id="j1", attempt=1, to=S.RUNNING, node_id="nA", client=hot)
+
+
+async def test_a_result_before_the_ack_finishes_the_job(hot: RedisCluster) -> None:
+    await dispatched(hot, "j1", node_id="nA")
+    moved = await job_transition(
+        job_id="j1", attempt=1, to=S.FINISHED, node_id="nA", result_json="{}", client=hot
+    )
+    assert (moved.applied, moved.state) == (True, S.FINISHED)
 
 
 async def test_failover_moves_back_to_created_with_the_next_attempt(hot: RedisCluster) -> None:

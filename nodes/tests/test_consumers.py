@@ -517,3 +517,28 @@ async def test_progress_after_the_result_is_not_relayed() -> None:
     await node.send(reply(assign, "job_progress", progress=0.9))
     assert await node.settle() == []
     assert await session.nothing(0.2)
+
+
+async def test_a_result_before_the_ack_counts_as_an_implicit_ack() -> None:
+    _, token = await new_node("gpu-noack")
+    node, _ = await node_peer(token)
+    session, _ = await session_peer(await new_api_key("acme"))
+    await session.send(submit("r-noack"))
+    accepted = await session.receive()
+    assign = await node.receive()
+    await node.send(
+        {
+            "type": "job_result",
+            "job_id": assign["job_id"],
+            "attempt": 1,
+            "ok": True,
+            "result": {"fast": True},
+        }
+    )
+    result = await session.receive()
+    assert result["job_id"] == accepted["job_id"]
+    assert result["ok"] is True and result["result"] == {"fast": True}
+    job = await hjobs.job_get(job_id=assign["job_id"])
+    assert job is not None and job.state is JobState.FINISHED
+    await node.close()
+    await session.close()
