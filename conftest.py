@@ -141,6 +141,7 @@ async def scheduler(redis: RedisCluster, settings, unique_tag: str) -> AsyncIter
     from hotstate.client import close_client
     from nodes import snapshot
     from scheduler_project.runtime import runtime_get, runtime_peek
+    from scheduler_project.testing import close_peers
 
     prefix = f"test-{unique_tag}"
     settings.HOTSTATE_PREFIX = prefix
@@ -149,6 +150,7 @@ async def scheduler(redis: RedisCluster, settings, unique_tag: str) -> AsyncIter
     snapshot._snapshot = snapshot.NodeSnapshot()
     await close_client()
     yield runtime_get()
+    await close_peers()
     runtime = runtime_peek()
     if runtime is not None:
         await runtime.stop()

@@ -2,21 +2,10 @@ from __future__ import annotations
 
 from django.db import models
 
+from hotstate.jobs import JobState
 
-class JobState(models.TextChoices):
-    CREATED = "CREATED"
-    DISPATCHED = "DISPATCHED"
-    ACCEPTED = "ACCEPTED"
-    RUNNING = "RUNNING"
-    FINISHED = "FINISHED"
-    FAILED = "FAILED"
-    CANCELLED = "CANCELLED"
-    TIMED_OUT = "TIMED_OUT"
-
-
-TERMINAL_STATES = frozenset(
-    {JobState.FINISHED, JobState.FAILED, JobState.CANCELLED, JobState.TIMED_OUT}
-)
+# The states are hot state's (hotstate.jobs.JobState): the record keeps what Redis had.
+STATE_CHOICES = [(state.value, state.value) for state in JobState]
 
 
 class JobRecord(models.Model):
@@ -28,7 +17,7 @@ class JobRecord(models.Model):
     session_id = models.CharField(max_length=64, blank=True)
     service_id = models.CharField(max_length=100)
     service_version = models.CharField(max_length=100, blank=True)
-    state = models.CharField(max_length=16, choices=JobState.choices)
+    state = models.CharField(max_length=16, choices=STATE_CHOICES)
     attempts = models.PositiveSmallIntegerField(default=1)
     node_id = models.CharField(max_length=64, blank=True)
     error_code = models.CharField(max_length=64, blank=True)

@@ -17,6 +17,8 @@ from typing import Any
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 
+from hotstate import jobs as hjobs
+from hotstate.jobs import JobState
 from nodes.services import node_create
 from scheduler_project.asgi import application
 from sessions.services import api_key_create
@@ -234,3 +236,10 @@ async def eventually(
         if time.monotonic() > deadline:
             raise AssertionError(f"not true within {timeout}s: {check}")
         await asyncio.sleep(every)
+
+
+async def job_state(job_id: str) -> tuple[JobState, int, str | None]:
+    """A job's (state, attempt, node_id) as stored in Redis."""
+    job = await hjobs.job_get(job_id=job_id)
+    assert job is not None, f"job {job_id} does not exist"
+    return job.state, job.attempt, job.node_id

@@ -13,6 +13,8 @@ from collections.abc import AsyncIterator
 import pytest
 from redis.asyncio.cluster import RedisCluster
 
+from conftest import delete_keys
+
 
 def free_port() -> int:
     """A local port nobody listens on (bound, read, released)."""
@@ -21,17 +23,10 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-async def delete_prefix(client: RedisCluster, prefix: str) -> int:
-    deleted = 0
-    async for key in client.scan_iter(match=f"{prefix}:*", count=1000):
-        deleted += await client.delete(key)
-    return deleted
-
-
 @pytest.fixture
 async def hot(redis: RedisCluster, settings, unique_tag: str) -> AsyncIterator[RedisCluster]:
     """The cluster client, with HOTSTATE_PREFIX set to a prefix of this test's own."""
     prefix = f"test-{unique_tag}"
     settings.HOTSTATE_PREFIX = prefix
     yield redis
-    await delete_prefix(redis, prefix)
+    await delete_keys(redis, prefix)

@@ -27,11 +27,11 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
+from conftest import delete_keys
 from hotstate import keys
 from hotstate.client import build_client
 from hotstate.codes import BadState, Forbidden, JobNotFound, Refused, StaleAttempt
 from hotstate.jobs import NODE_REPORTED_STATES, JobState, job_transition
-from hotstate.tests.conftest import delete_prefix
 from hotstate.tests.helpers import new_job
 
 S = JobState
@@ -251,7 +251,7 @@ def test_random_interleavings_follow_the_fsm(
 
 async def _cleanup(url: str, prefix: str) -> None:
     client = build_client(url)
-    await delete_prefix(client, prefix)
+    await delete_keys(client, prefix)
     await client.aclose()
 
 

@@ -7,9 +7,9 @@ import multiprocessing
 
 from redis.asyncio.cluster import RedisCluster
 
+from conftest import delete_keys
 from hotstate import keys
 from hotstate.jobs import job_get, request_claim, request_release, request_takeover
-from hotstate.tests.conftest import delete_prefix
 from hotstate.tests.workers import claimer_main
 
 
@@ -166,5 +166,5 @@ async def _cleanup(url: str, prefix: str) -> None:
     from hotstate.client import build_client
 
     client = build_client(url)
-    await delete_prefix(client, prefix)
+    await delete_keys(client, prefix)
     await client.aclose()

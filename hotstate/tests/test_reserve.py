@@ -266,9 +266,9 @@ async def _sample_while_running(
 
 
 async def _cleanup(url: str, prefix: str) -> None:
+    from conftest import delete_keys
     from hotstate.client import build_client
-    from hotstate.tests.conftest import delete_prefix
 
     client = build_client(url)
-    await delete_prefix(client, prefix)
+    await delete_keys(client, prefix)
     await client.aclose()

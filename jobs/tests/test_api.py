@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -14,7 +13,6 @@ from django.test import AsyncClient
 from hotstate import jobs as hjobs
 from hotstate.jobs import JobState
 from scheduler_project.testing import (
-    close_peers,
     new_api_key,
     online_node,
     online_session,
@@ -26,12 +24,6 @@ from sessions.models import ApiKey
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("scheduler")]
 
 BODY = {"request_id": "r-1", "service": {"id": "asr"}, "payload": {"audio": "..."}}
-
-
-@pytest.fixture(autouse=True)
-async def _close_peers(scheduler: object) -> AsyncIterator[None]:
-    yield
-    await close_peers()
 
 
 @pytest.fixture

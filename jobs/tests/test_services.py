@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -22,7 +21,7 @@ from scheduler_project.testing import (
     Peer,
     accepted_job,
     beating,
-    close_peers,
+    job_state,
     new_api_key,
     online_node,
     online_session,
@@ -31,18 +30,6 @@ from scheduler_project.testing import (
 )
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("scheduler")]
-
-
-@pytest.fixture(autouse=True)
-async def _close_peers(scheduler: object) -> AsyncIterator[None]:
-    yield
-    await close_peers()
-
-
-async def job_state(job_id: str) -> tuple[JobState, int, str | None]:
-    job = await hjobs.job_get(job_id=job_id)
-    assert job is not None
-    return job.state, job.attempt, job.node_id
 
 
 async def submitted(session: Peer, request_id: str, **extra: Any) -> dict[str, Any]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -16,9 +15,9 @@ from scheduler_project.testing import (
     Peer,
     accepted_job,
     beating,
-    close_peers,
     eventually,
     heartbeat,
+    job_state,
     new_api_key,
     new_node,
     node_peer,
@@ -30,18 +29,6 @@ from scheduler_project.testing import (
 )
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("scheduler")]
-
-
-@pytest.fixture(autouse=True)
-async def _close_peers(scheduler: object) -> AsyncIterator[None]:
-    yield
-    await close_peers()
-
-
-async def job_state(job_id: str) -> tuple[JobState, int, str | None]:
-    job = await hjobs.job_get(job_id=job_id)
-    assert job is not None
-    return job.state, job.attempt, job.node_id
 
 
 async def marks_of(node_id: str) -> dict[str, int]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
 
 import pytest
 from channels.db import database_sync_to_async
@@ -14,7 +13,6 @@ from nodes.models import Node
 from scheduler_project.testing import (
     Peer,
     accepted_job,
-    close_peers,
     new_api_key,
     new_node,
     online_node,
@@ -27,12 +25,6 @@ from sessions.models import ApiKey
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("scheduler")]
 
 PATHS = {"node": "/ws/node/", "session": "/ws/session/"}
-
-
-@pytest.fixture(autouse=True)
-async def _close_peers(scheduler: object) -> AsyncIterator[None]:
-    yield
-    await close_peers()
 
 
 async def auth_frame(kind: str) -> dict[str, object]:

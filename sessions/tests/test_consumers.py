@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -13,7 +12,6 @@ from hotstate.jobs import JobState
 from scheduler_project.testing import (
     Peer,
     accepted_job,
-    close_peers,
     new_api_key,
     online_node,
     online_session,
@@ -23,12 +21,6 @@ from scheduler_project.testing import (
 )
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("scheduler")]
-
-
-@pytest.fixture(autouse=True)
-async def _close_peers(scheduler: object) -> AsyncIterator[None]:
-    yield
-    await close_peers()
 
 
 async def submitted(session: Peer, request_id: str, **extra: Any) -> dict[str, Any]:
