@@ -1,0 +1,494 @@
+"""Issue 5: several scheduler instances act as one (DESIGN.md, "Cross-instance delivery").
+
+Three real daphne processes (A, B, C) share one database and one Redis Cluster namespace with
+``CHANNEL_LAYER=cluster``; each runs with ``SCHEDULER_ROLE=all``. Nodes are SDK ``NodeAgent``s
+whose handlers record what they run; sessions are raw WebSockets, so what is asserted is what
+any client sees on the wire. A node on A and sessions on B and C make every ``job_assign``
+cross from the submitting instance to A, and every ``job_result`` cross back.
+
+The drain test has a deployment of its own (two instances behind a small load balancer), since
+it stops one of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import signal
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from protocol import JobAccepted, JobRejected, SessionJobResult
+from scheduler_sdk import NodeAgent, RequestFailed, SessionClient
+from scheduler_sdk.backoff import Backoff
+from tests.e2e.multi import (
+    TERMINAL,
+    Balancer,
+    Credentials,
+    Deployment,
+    Instance,
+    RawSession,
+    Recorder,
+    http_json,
+    inbox_entries_added,
+    node_agent,
+    node_reservations,
+    prepare_database,
+    session_client,
+)
+
+pytestmark = pytest.mark.e2e
+
+TENANT = "acme"
+NODE_TOKENS = 4  # reused by tests in turn: each stops its nodes before the next starts
+ENV = {
+    "HEARTBEAT_INTERVAL_MS": "1000",
+    "ACK_TIMEOUT": "1.5",
+    "DRAIN_GRACE": "3",
+}
+SETTLE_S = 0.5  # how long a test waits for a copy that should never come
+RESULT_WAIT_S = 15.0
+
+
+class Multi:
+    def __init__(
+        self, deployment: Deployment, template: Path, credentials: Credentials, redis_url: str
+    ) -> None:
+        self.deployment = deployment
+        self.template = template
+        self.credentials = credentials
+        self.redis_url = redis_url
+
+    @property
+    def instances(self) -> list[Instance]:
+        return self.deployment.instances
+
+    @property
+    def key(self) -> str:
+        return self.credentials.api_keys[TENANT]
+
+    def token(self, n: int) -> str:
+        return self.credentials.node_tokens[n]
+
+
+@pytest.fixture(scope="module")
+def multi(tmp_path_factory: pytest.TempPathFactory, redis_cluster_url: str) -> Iterator[Multi]:
+    """Instances A, B and C of one deployment; stopped and their keys deleted afterwards."""
+    folder = tmp_path_factory.mktemp("multi")
+    template, credentials = prepare_database(
+        folder / "template", nodes=NODE_TOKENS, tenants=[TENANT]
+    )
+    deployment = Deployment(folder / "abc", redis_cluster_url, template, extra_env=ENV)
+    try:
+        deployment.start_instances("A", "B", "C")
+        yield Multi(deployment, template, credentials, redis_cluster_url)
+    finally:
+        deployment.close()
+
+
+@pytest.fixture
+def service() -> str:
+    """A service of the test's own, so no earlier test's node can take its jobs."""
+    return f"svc-{secrets.token_hex(4)}"
+
+
+class Peers:
+    """What a test connects; closed after it, even when it fails."""
+
+    def __init__(self) -> None:
+        self.sessions: list[RawSession] = []
+        self.agents: list[NodeAgent] = []
+
+    async def session(self, instance: Instance, key: str, **kwargs: str) -> RawSession:
+        session = await RawSession.open(instance.ws, key, **kwargs)
+        self.sessions.append(session)
+        return session
+
+    async def node(
+        self, instance: Instance, token: str, service: str, recorder: Recorder, *, max_jobs: int
+    ) -> NodeAgent:
+        agent = node_agent(instance.ws, token, service, recorder, max_jobs=max_jobs)
+        self.agents.append(agent)
+        await agent.start(timeout_s=10)
+        assert agent.instance_id == instance.instance_id
+        return agent
+
+    async def close(self) -> None:
+        for session in self.sessions:
+            await session.close()
+        for agent in self.agents:
+            await agent.stop(grace_s=0)
+
+
+@pytest.fixture
+async def peers() -> AsyncIterator[Peers]:
+    tracked = Peers()
+    try:
+        yield tracked
+    finally:
+        await tracked.close()
+
+
+def results_of(session: RawSession, job_id: str) -> list[dict]:
+    return session.of_type("job_result", job_id=job_id)
+
+
+async def run_one(session: RawSession, request_id: str, service: str, payload: dict) -> dict:
+    accepted = await session.submit(request_id, service, payload)
+    result = await session.result(accepted["job_id"], timeout=RESULT_WAIT_S)
+    assert result["ok"] is True, result
+    return accepted
+
+
+# --- owner routing across instances ----------------------------------------------------------
+
+
+async def test_jobs_cross_instances_both_ways_with_progress_and_one_result_each(
+    multi: Multi, peers: Peers, service: str
+) -> None:
+    a, b, c = multi.instances
+    recorder = Recorder(delay_s=0.2)
+    agent = await peers.node(a, multi.token(0), service, recorder, max_jobs=4)
+    on_b = await peers.session(b, multi.key)
+    on_c = await peers.session(c, multi.key)
+    assert {on_b.instance_id, on_c.instance_id, agent.instance_id} == {
+        b.instance_id,
+        c.instance_id,
+        a.instance_id,
+    }
+
+    submits = [(on_b, f"cross-b-{n}") for n in range(3)]
+    submits += [(on_c, f"cross-c-{n}") for n in range(3)]
+    accepted = await asyncio.gather(
+        *(session.submit(rid, service, {"rid": rid}) for session, rid in submits)
+    )
+    for (session, rid), reply in zip(submits, accepted, strict=True):
+        assert reply["node_id"] == agent.node_id
+        result = await session.result(reply["job_id"], timeout=RESULT_WAIT_S)
+        assert result["ok"] is True, result
+        assert result["request_id"] == rid
+        assert result["result"] == {"echo": {"rid": rid}, "job_id": reply["job_id"]}
+    await asyncio.sleep(SETTLE_S)
+
+    for (session, rid), reply in zip(submits, accepted, strict=True):
+        job_id = reply["job_id"]
+        other = on_c if session is on_b else on_b
+        assert len(results_of(session, job_id)) == 1, session.frames
+        assert results_of(other, job_id) == [], "a result reached a session that did not submit"
+        # Progress crossed too: node on A -> its instance -> the session's instance.
+        progress = session.of_type("job_progress", job_id=job_id)
+        assert [(p["progress"], p["data"], p["request_id"]) for p in progress] == [
+            (0.5, {"halfway": job_id}, rid)
+        ]
+    job_ids = {reply["job_id"] for reply in accepted}
+    assert len(job_ids) == len(submits)
+    assert recorder.runs == Counter(dict.fromkeys(job_ids, 1))
+    assert agent.stats.jobs_assigned == len(submits)
+    assert agent.stats.duplicate_assigns == 0
+    assert agent.stats.violations == []
+    assert dict(agent.stats.errors_received) == {}
+
+
+async def test_same_instance_pair_works_and_stays_off_the_channel_layer(
+    multi: Multi, peers: Peers, service: str
+) -> None:
+    """Node and session on C: the job runs, and nothing crosses Redis Streams for it (the
+    channel layer's local path); the same node with a session on B does cross (the control)."""
+    _, b, c = multi.instances
+    recorder = Recorder(delay_s=0.1)
+    await peers.node(c, multi.token(1), service, recorder, max_jobs=2)
+    on_c = await peers.session(c, multi.key)
+    await run_one(on_c, "local-warm", service, {})  # C's snapshot knows the node now
+
+    before = sum(inbox_entries_added(multi.redis_url, multi.deployment.layer_prefix).values())
+    for n in range(3):
+        accepted = await run_one(on_c, f"local-{n}", service, {"n": n})
+        assert len(on_c.of_type("job_progress", job_id=accepted["job_id"])) == 1
+    local = sum(inbox_entries_added(multi.redis_url, multi.deployment.layer_prefix).values())
+    assert local == before, "a job between a node and a session of one instance used Redis"
+
+    on_b = await peers.session(b, multi.key)
+    await run_one(on_b, "local-control", service, {})
+    crossed = sum(inbox_entries_added(multi.redis_url, multi.deployment.layer_prefix).values())
+    # job_assign B -> C, then progress and the result's delivery C -> B.
+    assert crossed >= local + 3
+
+
+async def test_same_request_id_on_two_instances_at_once_makes_one_job(
+    multi: Multi, peers: Peers, service: str
+) -> None:
+    a, b, c = multi.instances
+    recorder = Recorder(delay_s=0.3, progress=False)
+    agent = await peers.node(a, multi.token(2), service, recorder, max_jobs=4)
+    on_b = await peers.session(b, multi.key)
+    on_c = await peers.session(c, multi.key)
+    # Both instances' snapshots know the node before the race.
+    await asyncio.gather(
+        run_one(on_b, "dup-warm-b", service, {}), run_one(on_c, "dup-warm-c", service, {})
+    )
+    warm_jobs = agent.stats.jobs_assigned
+
+    races = [f"dup-{n}" for n in range(4)]
+    for rid in races:
+        reply_b, reply_c = await asyncio.gather(
+            on_b.submit(rid, service, {"rid": rid}, retry=frozenset()),
+            on_c.submit(rid, service, {"rid": rid}, retry=frozenset()),
+        )
+        assert reply_b["job_id"] == reply_c["job_id"], (reply_b, reply_c)
+        assert reply_b["node_id"] == reply_c["node_id"] == agent.node_id
+        for session in (on_b, on_c):
+            result = await session.result(reply_b["job_id"], timeout=RESULT_WAIT_S)
+            assert result["ok"] is True and result["request_id"] == rid, result
+    await asyncio.sleep(SETTLE_S)
+
+    race_jobs = {on_b.of_type("job_accepted", request_id=rid)[0]["job_id"] for rid in races}
+    assert len(race_jobs) == len(races)
+    for job_id in race_jobs:
+        assert recorder.runs[job_id] == 1
+        # Each session that submitted the request gets the one result, once.
+        assert len(results_of(on_b, job_id)) == len(results_of(on_c, job_id)) == 1
+    # One job_assign per job: no second job, no second dispatch of one attempt.
+    assert agent.stats.jobs_assigned - warm_jobs == len(races)
+    assert agent.stats.duplicate_assigns == 0
+
+
+async def test_session_resumed_on_another_instance_gets_the_result_finished_while_away(
+    multi: Multi, peers: Peers, service: str
+) -> None:
+    a, b, c = multi.instances
+    gate = asyncio.Event()
+    recorder = Recorder(delay_s=0.0, progress=False, gate=gate)
+    await peers.node(a, multi.token(3), service, recorder, max_jobs=2)
+    on_b = await peers.session(b, multi.key)
+    accepted = await on_b.submit("away-1", service, {"x": 1})
+    job_id = accepted["job_id"]
+    await asyncio.wait_for(recorder.started.wait(), RESULT_WAIT_S)
+    assert recorder.runs[job_id] == 1
+    await on_b.close()  # the session leaves B while its job runs on A's node
+
+    gate.set()
+    deadline = time.monotonic() + RESULT_WAIT_S
+    while True:
+        status, body = await asyncio.to_thread(
+            http_json, "GET", f"{a.url}/api/v1/jobs/{job_id}", api_key=multi.key
+        )
+        assert status == 200, body
+        if body["status"] in TERMINAL:
+            break
+        assert time.monotonic() < deadline, body
+        await asyncio.sleep(0.05)
+    assert body["status"] == "FINISHED", body
+
+    on_c = await peers.session(c, multi.key, session_id=on_b.session_id)
+    assert on_c.session_id == on_b.session_id, "the session was not resumed"
+    assert on_c.instance_id == c.instance_id
+    result = await on_c.result(job_id)
+    assert result["ok"] is True and result["result"]["echo"] == {"x": 1}, result
+    await asyncio.sleep(SETTLE_S)
+    assert len(results_of(on_c, job_id)) == 1
+    assert results_of(on_b, job_id) == []
+
+
+async def test_max_jobs_holds_under_concurrent_submits_from_two_instances(
+    multi: Multi, peers: Peers, service: str
+) -> None:
+    a, b, c = multi.instances
+    limits = {"A": 2, "B": 1}
+    recorders = {name: Recorder(delay_s=0.15, progress=False) for name in limits}
+    agents = {
+        "A": await peers.node(a, multi.token(0), service, recorders["A"], max_jobs=limits["A"]),
+        "B": await peers.node(b, multi.token(1), service, recorders["B"], max_jobs=limits["B"]),
+    }
+    sessions = [await peers.session(b, multi.key), await peers.session(c, multi.key)]
+    # Both snapshots know both nodes before the contention (UNKNOWN_SERVICE until then).
+    warm = await asyncio.gather(
+        *(run_one(s, f"max-warm-{i}", service, {}) for i, s in enumerate(sessions))
+    )
+    marks = [len(s.frames) for s in sessions]
+
+    async def submitter(session: RawSession, name: str) -> list[str]:
+        job_ids = []
+        for n in range(3):
+            accepted = await run_one(session, f"max-{name}-{n}", service, {})
+            job_ids.append(accepted["job_id"])
+        return job_ids
+
+    # Three submitters per session keep more jobs wanted than the 3 slots there are.
+    batches = await asyncio.gather(
+        *(submitter(s, f"{i}-{k}") for i, s in enumerate(sessions) for k in range(3))
+    )
+    await asyncio.sleep(SETTLE_S)
+
+    job_ids = [job_id for batch in batches for job_id in batch]
+    assert len(set(job_ids)) == 18
+    for job_id in job_ids:
+        assert sum(len(results_of(s, job_id)) for s in sessions) == 1
+    runs = recorders["A"].runs + recorders["B"].runs
+    assert runs == Counter(dict.fromkeys([*job_ids, *(w["job_id"] for w in warm)], 1))
+    for name, agent in agents.items():
+        assert agent.stats.violations == [], name
+        assert agent.stats.max_held_seen <= limits[name], name
+        assert recorders[name].max_running <= limits[name], name
+    # The limit was reached, so the test could have seen it broken.
+    assert recorders["A"].max_running == limits["A"]
+    rejected = [
+        f
+        for s, mark in zip(sessions, marks, strict=True)
+        for f in s.frames[mark:]
+        if f["type"] == "job_rejected"
+    ]
+    assert {f["code"] for f in rejected} <= {"NO_AVAILABLE_NODE"}, rejected
+
+
+# --- draining one instance under load --------------------------------------------------------
+
+
+DRAIN_GRACE_S = 3.0
+DRAIN_ENV = {**ENV, "DRAIN_GRACE": str(DRAIN_GRACE_S)}
+DRAIN_NODES = 4
+DRAIN_SESSIONS = 4
+SUBMITTERS_PER_SESSION = 2
+LOAD_BEFORE_S = 2.5
+LOAD_AFTER_S = 2.0
+
+
+async def test_draining_an_instance_under_load_loses_no_accepted_job(
+    multi: Multi, tmp_path: Path, caplog: pytest.LogCaptureFixture, service: str
+) -> None:
+    """Two instances behind a load balancer, nodes and sessions on both, jobs flowing; SIGUSR1
+    drains A: its sockets close with 1012, its peers reconnect to B through the balancer
+    (sessions resume and re-send unanswered submits), every accepted job gets exactly one
+    result, and A exits 0 within DRAIN_GRACE plus a few seconds."""
+    caplog.set_level(logging.INFO, logger="scheduler_sdk")
+    deployment = Deployment(tmp_path / "drain", multi.redis_url, multi.template, DRAIN_ENV)
+    balancer: Balancer | None = None
+    agents: list[NodeAgent] = []
+    clients: list[SessionClient] = []
+    watcher: RawSession | None = None
+    try:
+        a, b = deployment.start_instances("A", "B")
+        balancer = Balancer([a, b])
+        await balancer.start()
+        recorders = [Recorder(delay_s=0.4, progress=False) for _ in range(DRAIN_NODES)]
+        backoff = Backoff(initial_s=0.1, max_s=1.0)
+        for n, recorder in enumerate(recorders):
+            agent = node_agent(
+                balancer.ws, multi.token(n), service, recorder, max_jobs=3, backoff=backoff
+            )
+            agents.append(agent)
+            await agent.start(timeout_s=10)
+        results: list[Counter[str]] = [Counter() for _ in range(DRAIN_SESSIONS)]
+        for n in range(DRAIN_SESSIONS):
+            client = session_client(
+                balancer.ws,
+                multi.key,
+                backoff=backoff,
+                on_result=lambda r, c=results[n]: c.update([r.job_id]),
+            )
+            clients.append(client)
+            await client.connect(timeout_s=10)
+        on_a = {id(p) for p in [*agents, *clients] if p.instance_id == a.instance_id}
+        assert {p.instance_id for p in agents} == {a.instance_id, b.instance_id}
+        assert {c.instance_id for c in clients} == {a.instance_id, b.instance_id}
+        watcher = await RawSession.open(a.ws, multi.key)  # sees A's close code as sent
+
+        accepted: dict[str, tuple[int, str]] = {}  # request_id -> (session, job_id)
+        outcomes: dict[str, SessionJobResult] = {}
+        failures: list[str] = []
+        stop = asyncio.Event()
+
+        async def submitter(n: int, k: int) -> None:
+            client, count = clients[n], 0
+            while not stop.is_set():
+                rid = f"drain-{n}-{k}-{count}"
+                while True:
+                    try:
+                        reply = await client.submit(
+                            rid, service, {"rid": rid}, timeout_ms=20_000, reply_timeout_s=20
+                        )
+                    except (RequestFailed, TimeoutError) as exc:
+                        failures.append(f"{rid}: {exc!r}")
+                        return
+                    if isinstance(reply, JobAccepted):
+                        break
+                    assert isinstance(reply, JobRejected)
+                    if reply.code not in ("NO_AVAILABLE_NODE", "RATE_LIMITED"):
+                        failures.append(f"{rid}: rejected {reply.code} {reply.message}")
+                        return
+                    await asyncio.sleep(0.1)  # not bound: the same id is judged afresh
+                accepted[rid] = (n, reply.job_id)
+                try:
+                    outcomes[rid] = await client.result(reply.job_id, timeout_s=30)
+                except TimeoutError:
+                    failures.append(f"{rid}: no result for job {reply.job_id} within 30 s")
+                    return
+                count += 1
+
+        load = [
+            asyncio.create_task(submitter(n, k))
+            for n in range(DRAIN_SESSIONS)
+            for k in range(SUBMITTERS_PER_SESSION)
+        ]
+        await asyncio.sleep(LOAD_BEFORE_S)
+        before_drain = len(accepted)
+        # One more submitter per session, whose first submits leave just as the drain starts:
+        # some are answered by nobody and must be re-sent on the next connection.
+        load += [
+            asyncio.create_task(submitter(n, SUBMITTERS_PER_SESSION)) for n in range(DRAIN_SESSIONS)
+        ]
+        await asyncio.sleep(0)
+        drained_at = time.monotonic()
+        a.process.send_signal(signal.SIGUSR1)
+        code = await asyncio.to_thread(a.wait_exit, DRAIN_GRACE_S + 5)
+        exit_s = time.monotonic() - drained_at
+        accepted_at_exit = len(accepted)
+        await asyncio.sleep(LOAD_AFTER_S)  # the load goes on, on B only
+        node_ids = [agent.node_id for agent in agents]
+        busy = await asyncio.to_thread(
+            node_reservations, multi.redis_url, deployment.hot_prefix, node_ids
+        )
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*load), 45)
+        await asyncio.sleep(SETTLE_S)
+
+        assert code == 0, f"A exited with {code} after {exit_s:.1f} s\n{deployment.logs()}"
+        assert watcher.close_code == 1012
+        assert failures == [], f"{failures}\n{deployment.logs()}"
+        assert before_drain > 0 and len(accepted) > accepted_at_exit, "no load around the drain"
+        for rid, (n, job_id) in accepted.items():
+            assert results[n][job_id] == 1, (rid, job_id, results[n][job_id])
+            assert outcomes[rid].ok is True, outcomes[rid]
+        for n, counted in enumerate(results):
+            assert set(counted) <= {job_id for m, job_id in accepted.values() if m == n}
+        # Everyone is on B now; A's peers got there by reconnecting (close 1012).
+        for agent in agents:
+            assert agent.connected and agent.instance_id == b.instance_id
+            assert agent.stats.violations == []
+        for client in clients:
+            assert client.instance_id == b.instance_id
+            if id(client) in on_a:
+                assert client.resumed and client.stats.resumed >= 1
+        closes_1012 = [r for r in caplog.records if "(close 1012" in r.getMessage()]
+        assert len(closes_1012) >= len(on_a), [r.getMessage() for r in caplog.records]
+        assert balancer.routed[b.port] > 0
+        runs = sum((recorder.done for recorder in recorders), Counter())
+        assert set(runs) >= {job_id for _, job_id in accepted.values()}
+        # Every slot came back: no reservation outlived its job (a leak would hold a slot
+        # until RESERVATION_TTL).
+        held = node_reservations(multi.redis_url, deployment.hot_prefix, node_ids)
+        assert sum(busy.values()) > 0 and held == dict.fromkeys(node_ids, 0), (busy, held)
+    finally:
+        if watcher is not None:
+            await watcher.close()
+        for client in clients:
+            await client.close()
+        for agent in agents:
+            await agent.stop(grace_s=0)
+        if balancer is not None:
+            await balancer.close()
+        deployment.close()
