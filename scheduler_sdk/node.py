@@ -48,6 +48,11 @@ ResourceProbe = Callable[[], p.Resources]
 
 HEARTBEAT_JITTER = 0.2
 RESULT_RESEND_WINDOW_S = 10.0
+# The backlog sent after a reconnect (queued replies, resent results) stays under the scheduler's
+# default frame limit (PROTOCOL.md: 50 frames/s, burst 100): a burst, then a steady rate. Sent all
+# at once, its tail would be refused with RATE_LIMITED and those results lost.
+BACKLOG_BURST = 50
+BACKLOG_FRAMES_PER_S = 40.0
 MAX_ERROR_MESSAGE_CHARS = 500
 DEFAULT_MAX_FRAME_BYTES = 1 << 20
 
@@ -447,7 +452,11 @@ class NodeAgent:
         )
         # Nothing else may send on ws until the backlog is out, so that order is kept; frames
         # queued meanwhile land in the outbox and go out in this same loop.
+        sent = 0
         while self._outbox:
+            if sent >= BACKLOG_BURST:
+                await asyncio.sleep(1.0 / BACKLOG_FRAMES_PER_S)
+            sent += 1
             job_id, raw, is_result = self._outbox[0]
             await ws.send(raw)
             self._outbox.popleft()

@@ -422,3 +422,25 @@ def test_every_advertised_service_needs_a_handler() -> None:
     agent = NodeAgent("ws://unused", "t", services=["asr", "tts"], handlers={"asr": echo})
     with pytest.raises(ValueError, match="no handler for advertised services: tts"):
         asyncio.run(agent.run())
+
+
+async def test_a_large_backlog_after_a_reconnect_stays_under_the_frame_limit(
+    fake: FakeScheduler, make_agent: MakeAgent
+) -> None:
+    """120 results resent after a drop arrive complete and no faster than the scheduler's
+    default limit (burst 100, then 50 frames/s), so none is refused with RATE_LIMITED."""
+    jobs = 120
+    agent = make_agent(handlers={"asr": echo}, max_jobs=jobs, backoff=Backoff(initial_s=0.05))
+    await agent.start()
+    for n in range(jobs):
+        await fake.send_node(assign(f"j{n}"))
+    await fake.frames("job_result", jobs, timeout_s=10)
+    await fake.close_node(p.CloseCode.SERVICE_RESTART, "instance stopping")
+    await agent.wait_registered(2)
+    await fake.wait_for(lambda: len(fake.of_type("job_result", connection=2)) == jobs, timeout_s=10)
+    arrivals = sorted(r.at for r in fake.received if r.connection == 2)
+    busiest = max(sum(1 for t in arrivals if start <= t < start + 1.0) for start in arrivals)
+    assert busiest <= 100, f"{busiest} frames in one second"
+    assert {r.frame.job_id for r in fake.of_type("job_result", connection=2)} == {  # type: ignore[attr-defined]
+        f"j{n}" for n in range(jobs)
+    }
