@@ -36,6 +36,7 @@ class SessionConsumer(PeerConsumer):
     session_id: str = ""
     tenant: str = ""
     _renewer: asyncio.Task[None] | None = None
+    _delivery_lock: asyncio.Lock | None = None
 
     async def authenticate(self, frame: SessionInit) -> None:
         runtime = runtime_get()
@@ -128,9 +129,21 @@ class SessionConsumer(PeerConsumer):
         logger.info("session %s resumed elsewhere; closing %s", self.session_id, self.channel_name)
         await self.close_with(CloseCode.REPLACED)
 
+    def _delivery(self) -> asyncio.Lock:
+        if self._delivery_lock is None:
+            self._delivery_lock = asyncio.Lock()
+        return self._delivery_lock
+
+    async def close_with(self, code: int) -> None:
+        # A result already taken from the outbox goes out before the socket closes (a drain's
+        # 1012 or a resume's 4409 from another task): taken and unsent, it would be lost.
+        async with self._delivery():
+            await super().close_with(code)
+
     async def _deliver(self, job_id: str) -> None:
-        if self.closing:
-            return
-        frame = await sessions.session_result_take(session_id=self.session_id, job_id=job_id)
-        if frame is not None:
-            await self.send_raw(frame)
+        async with self._delivery():
+            if self.closing:
+                return
+            frame = await sessions.session_result_take(session_id=self.session_id, job_id=job_id)
+            if frame is not None:
+                await self.send_raw(frame)

@@ -632,15 +632,6 @@ HOPPING_JOBS = 8  # per session
 HOPPING_RESULT_BYTES = 500_000  # large results make each delivery take a while
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "bug: SessionConsumer._deliver (sessions/consumers.py) takes the result out of the "
-        "outbox (session_result_take), then send_raw (scheduler_project/websocket.py) drops it "
-        "silently when the drain set closing during the take: the result is gone for good"
-    ),
-)
 async def test_results_being_delivered_when_an_instance_drains_reach_the_session_later(
     multi: Multi, tmp_path: Path, service: str
 ) -> None:
