@@ -414,26 +414,6 @@ def node_reservations(redis_url: str, hot_prefix: str, node_ids: Iterable[str]) 
         client.close()
 
 
-async def eventually(
-    condition: Callable[[], bool],
-    *,
-    timeout: float,
-    what: str = "condition",
-    interval: float = 0.01,
-    required: bool = True,
-) -> bool:
-    """Poll ``condition`` until true; past ``timeout`` fail (or, not ``required``, say False)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        if loop.time() >= deadline:
-            if required:
-                raise AssertionError(f"{what}: not within {timeout} s")
-            return False
-        await asyncio.sleep(interval)
-    return True
-
-
 # --- a load balancer ------------------------------------------------------------------------------
 
 
@@ -444,7 +424,7 @@ class Balancer:
     connection is refused. Bytes pass through untouched, so close codes reach the peers as sent.
     """
 
-    def __init__(self, backends: list[Instance], *, interval_s: float = 1.0) -> None:
+    def __init__(self, backends: list[Instance], *, interval_s: float = 0.25) -> None:
         self.backends = list(backends)
         self.interval_s = interval_s
         self.ready = {b.port: True for b in self.backends}
@@ -477,11 +457,10 @@ class Balancer:
             await asyncio.wait(self._pipes, timeout=2)
 
     def _order(self) -> list[Instance]:
-        # The first connection goes to the first backend, the next to the second, and so on.
+        self._next += 1
         rotated = [
             self.backends[(self._next + i) % len(self.backends)] for i in range(len(self.backends))
         ]
-        self._next += 1
         ready = [b for b in rotated if self.ready.get(b.port)]
         return ready + [b for b in rotated if b not in ready]
 
@@ -520,7 +499,7 @@ class Balancer:
     async def _check_health(self) -> None:
         while True:
             for backend in self.backends:
-                self.ready[backend.port] = await ready_probe(backend.port)
+                self.ready[backend.port] = await _ready(backend.port)
             await asyncio.sleep(self.interval_s)
 
 
@@ -531,8 +510,7 @@ async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> Non
             await sink.drain()
 
 
-async def ready_probe(port: int) -> bool:
-    """One ``GET /readyz`` on 127.0.0.1:``port``, as a load balancer's health check: 200?"""
+async def _ready(port: int) -> bool:
     try:
         async with asyncio.timeout(1.0):
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -632,22 +610,22 @@ class RawSession:
         retry: frozenset[str] = RETRYABLE,
         timeout: float = 20.0,
         retry_delay_s: float = 0.1,
-        timeout_ms: int | None = None,
     ) -> Frame:
         """Submit until ``job_accepted``; a rejection in ``retry`` is tried again (same id)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        submit: Frame = {
-            "type": "job_submit",
-            "request_id": request_id,
-            "service": {"id": service},
-            "payload": payload,
-        }
-        if timeout_ms is not None:
-            submit["timeout_ms"] = timeout_ms
         while True:
             mark = len(self.frames)
-            await self.ws.send(json.dumps(submit))
+            await self.ws.send(
+                json.dumps(
+                    {
+                        "type": "job_submit",
+                        "request_id": request_id,
+                        "service": {"id": service},
+                        "payload": payload,
+                    }
+                )
+            )
             reply = await self.wait_for(
                 lambda f: (
                     f.get("type") in ("job_accepted", "job_rejected", "error")
@@ -681,18 +659,11 @@ class Recorder:
     delay_s: float = 0.2
     progress: bool = True
     gate: asyncio.Event | None = None
-    pad_bytes: int = 0  # makes each result this much larger
     running: int = 0
     max_running: int = 0
     runs: Counter[str] = field(default_factory=Counter)
     done: Counter[str] = field(default_factory=Counter)
     started: asyncio.Event = field(default_factory=asyncio.Event)  # set by the first run
-    finished_at: list[float] = field(default_factory=list)  # loop time of each result
-
-    def finished_within(self, seconds: float) -> int:
-        """Jobs this handler finished in the last ``seconds``."""
-        since = asyncio.get_running_loop().time() - seconds
-        return sum(1 for at in self.finished_at if at >= since)
 
     async def __call__(self, job: Job) -> dict[str, Any]:
         self.runs[job.job_id] += 1
@@ -706,11 +677,7 @@ class Recorder:
                 await asyncio.wait_for(self.gate.wait(), 30)
             await asyncio.sleep(self.delay_s)
             self.done[job.job_id] += 1
-            self.finished_at.append(asyncio.get_running_loop().time())
-            result: dict[str, Any] = {"echo": job.payload, "job_id": job.job_id}
-            if self.pad_bytes:
-                result["pad"] = "x" * self.pad_bytes
-            return result
+            return {"echo": job.payload, "job_id": job.job_id}
         finally:
             self.running -= 1
 
