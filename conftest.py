@@ -138,16 +138,16 @@ async def scheduler(redis: RedisCluster, settings, unique_tag: str) -> AsyncIter
     """
     from channels.layers import channel_layers
 
+    from core.runtime import runtime_get, runtime_peek
+    from core.state import STATE
     from hotstate.client import close_client
-    from nodes import snapshot
-    from scheduler_project.runtime import runtime_get, runtime_peek
-    from scheduler_project.testing import close_peers
+    from tests.inprocess import close_peers
 
     prefix = f"test-{unique_tag}"
     settings.HOTSTATE_PREFIX = prefix
     settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
     channel_layers.backends.clear()
-    snapshot._snapshot = snapshot.NodeSnapshot()
+    STATE.reset()
     await close_client()
     yield runtime_get()
     await close_peers()
@@ -155,5 +155,6 @@ async def scheduler(redis: RedisCluster, settings, unique_tag: str) -> AsyncIter
     if runtime is not None:
         await runtime.stop()
     await close_client()
+    STATE.reset()
     channel_layers.backends.clear()
     await delete_keys(redis, prefix)

@@ -7,6 +7,3 @@ class DashboardConfig(AppConfig):
     name = "dashboard"
     label = "scheduler_dashboard"
     verbose_name = "Dashboard"
-
-    def ready(self) -> None:
-        from scheduler_project import checks  # noqa: F401  (registers the deploy checks)

@@ -1,12 +1,19 @@
+"""Reads for the operator pages and the health probes."""
+
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 
-from hotstate import owners as howners
+from channels.db import database_sync_to_async
+from django.db.models import Count
+from django.utils import timezone
+
+from core.runtime import instance_heartbeat, runtime_get
 from hotstate.errors import DependencyDown
 from hotstate.health import cluster_health
-from scheduler_project.duties import INSTANCE_TTL_MS
-from scheduler_project.runtime import runtime_get
+from hotstate.snapshot import node_snapshot_read
+from jobs.models import JobRecord
 
 
 @dataclass(frozen=True)
@@ -36,7 +43,7 @@ async def readiness() -> Readiness:
         try:
             # Registering here too means the first probe after start-up need not wait for the
             # heartbeat duty's first round.
-            await howners.instance_register(instance_id=runtime.instance_id, ttl_ms=INSTANCE_TTL_MS)
+            await instance_heartbeat()
             instance.update(ok=True, reason="ok")
         except DependencyDown as exc:
             instance.update(ok=False, reason=f"registration failed: {exc}")
@@ -59,10 +66,6 @@ class NodeRow:
 
 async def dashboard_overview() -> dict[str, object]:
     """What the operator page shows: online nodes (read now) and recent job history."""
-    from channels.db import database_sync_to_async
-
-    from hotstate.snapshot import node_snapshot_read
-
     try:
         views = await node_snapshot_read()
         nodes_error = ""
@@ -92,13 +95,6 @@ async def dashboard_overview() -> dict[str, object]:
 
 
 def _job_history() -> dict[str, object]:
-    import datetime as dt
-
-    from django.db.models import Count
-    from django.utils import timezone
-
-    from jobs.models import JobRecord
-
     since = timezone.now() - dt.timedelta(hours=1)
     by_state = dict(
         JobRecord.objects.filter(finished_at__gte=since)

@@ -8,8 +8,8 @@ from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.views.decorators.http import require_GET
 
+from core.runtime import runtime_get
 from dashboard.selectors import dashboard_overview, readiness
-from scheduler_project.runtime import runtime_get
 
 
 @require_GET

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from functools import wraps
 from typing import Any
 
@@ -13,19 +13,24 @@ from django.conf import settings
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
+from core.errors import HTTP_STATUS, Unauthorized, error_reply
+from core.ratelimit import FrameLimiter, Verdict
+from core.state import STATE
 from hotstate import jobs as hjobs
 from hotstate.jobs import JobView
 from jobs import services as jobs
-from jobs.delivery import result_frame
+from jobs.selectors import job_view
 from protocol import ErrorCode, JobSubmit, ProtocolError, parse_inbound
-from scheduler_project.errors import HTTP_STATUS, Unauthorized, error_reply
-from scheduler_project.ratelimit import FrameLimiter, Verdict
+from sessions.delivery import result_frame
 from sessions.services import api_key_authenticate
 
 logger = logging.getLogger(__name__)
 
-View = Callable[..., Awaitable[JsonResponse]]
-_limiters: dict[str, FrameLimiter] = {}
+View = Callable[..., Coroutine[Any, Any, JsonResponse]]
+
+
+class TenantLimiters(dict[str, FrameLimiter]):
+    """Each tenant's HTTP rate limiter in this process, by tenant (a part of ``STATE``)."""
 
 
 def _error(code: ErrorCode, message: str) -> JsonResponse:
@@ -66,16 +71,17 @@ async def _tenant_of(request: HttpRequest) -> str:
     if scheme.lower() != "bearer" or not key.strip():
         raise Unauthorized("send Authorization: Bearer <api_key>")
     api_key = await database_sync_to_async(api_key_authenticate)(key=key.strip())
-    return api_key.tenant
+    return str(api_key.tenant)
 
 
 def _allowed(tenant: str) -> bool:
-    limiter = _limiters.get(tenant)
+    limiters = STATE.part(TenantLimiters)
+    limiter = limiters.get(tenant)
     if limiter is None:
         limiter = FrameLimiter.build(
             rate=settings.RATE_LIMIT_PER_S, burst=settings.RATE_LIMIT_BURST
         )
-        _limiters[tenant] = limiter
+        limiters[tenant] = limiter
     return limiter.check() is Verdict.ALLOW
 
 
@@ -132,7 +138,7 @@ async def jobs_create(request: HttpRequest, tenant: str) -> JsonResponse:
 
 @api_view("GET")
 async def jobs_detail(request: HttpRequest, tenant: str, job_id: str) -> JsonResponse:
-    job = await jobs.job_view(tenant=tenant, job_id=job_id)
+    job = await job_view(tenant=tenant, job_id=job_id)
     return JsonResponse(_job_body(job))
 
 

@@ -4,28 +4,37 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from dataclasses import dataclass, field
 
 from channels.db import database_sync_to_async
 
+from core.state import STATE
 from hotstate.jobs import JobView
 from jobs.models import JobRecord
 
 logger = logging.getLogger(__name__)
 
 MAX_PENDING = 50_000
-_pending: dict[str, JobView] = {}
+
+
+@dataclass
+class HistoryBacklog:
+    """Ended jobs not yet written, by job id (a part of ``STATE``)."""
+
+    pending: dict[str, JobView] = field(default_factory=dict)
 
 
 def history_record(*, job: JobView) -> None:
     """Queue an ended job for the next flush (the history duty runs it every second)."""
-    if len(_pending) >= MAX_PENDING:
+    pending = STATE.part(HistoryBacklog).pending
+    if len(pending) >= MAX_PENDING:
         logger.warning("job history backlog full; job %s not recorded", job.job_id)
         return
-    _pending[job.job_id] = job
+    pending[job.job_id] = job
 
 
-def _when(ms: int | None) -> dt.datetime | None:
-    return dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC) if ms else None
+def _when(ms: int) -> dt.datetime:
+    return dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC)
 
 
 def _record(job: JobView) -> JobRecord:
@@ -64,14 +73,15 @@ def _write(records: list[JobRecord]) -> None:
 
 async def history_flush() -> int:
     """Write the queued records; returns how many. A failed write keeps them for next time."""
-    if not _pending:
+    pending = STATE.part(HistoryBacklog).pending
+    if not pending:
         return 0
-    batch = list(_pending.values())
-    _pending.clear()
+    batch = list(pending.values())
+    pending.clear()
     try:
         await database_sync_to_async(_write)([_record(job) for job in batch])
     except Exception:
         for job in batch:
-            _pending.setdefault(job.job_id, job)
+            pending.setdefault(job.job_id, job)
         raise
     return len(batch)

@@ -1,28 +1,20 @@
-"""``/ws/node/``: a worker machine's socket. Parses, calls one service, replies."""
+"""``/ws/node/``: a worker machine's socket. Parses, calls one service, replies.
+
+The frames about jobs (``job_ack``, ``job_result``, ...) are handled by ``jobs.frames``,
+registered at start-up (see ``core.consumers``).
+"""
 
 from __future__ import annotations
 
 import logging
 from typing import Any
 
+from core.consumers import PeerConsumer
+from core.events import JobAssignEvent, JobCancelEvent, PeerReplacedEvent, event_send
+from core.runtime import runtime_get
 from hotstate.nodes import NodeCaps
-from jobs import services as jobs
-from jobs.delivery import layer_send
 from nodes import services as nodes
-from protocol import (
-    CloseCode,
-    JobAck,
-    JobStarted,
-    ModelNotAvailable,
-    NodeDrain,
-    NodeHeartbeat,
-    NodeJobProgress,
-    NodeJobResult,
-    NodeRegister,
-    NodeRegistered,
-)
-from scheduler_project.runtime import runtime_get
-from scheduler_project.websocket import PeerConsumer
+from protocol import CloseCode, NodeDrain, NodeHeartbeat, NodeRegister, NodeRegistered
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +35,7 @@ class NodeConsumer(PeerConsumer):
         self.node_id, self.caps = connected.node_id, connected.caps
         self.drained = connected.drained
         if connected.previous_channel:
-            await layer_send(connected.previous_channel, {"type": "peer.replaced"})
+            await event_send(connected.previous_channel, PeerReplacedEvent())
         await self.send_frame(
             NodeRegistered(
                 node_id=self.node_id,
@@ -75,57 +67,21 @@ class NodeConsumer(PeerConsumer):
             return
         self.caps = caps
 
-    async def on_ack(self, frame: JobAck) -> None:
-        await jobs.job_ack(node_id=self.node_id, job_id=frame.job_id, attempt=frame.attempt)
-
-    async def on_started(self, frame: JobStarted) -> None:
-        await jobs.job_started(node_id=self.node_id, job_id=frame.job_id, attempt=frame.attempt)
-
-    async def on_progress(self, frame: NodeJobProgress) -> None:
-        await jobs.job_progress(
-            node_id=self.node_id,
-            job_id=frame.job_id,
-            attempt=frame.attempt,
-            progress=frame.progress,
-            data=frame.data,
-        )
-
-    async def on_result(self, frame: NodeJobResult) -> None:
-        await jobs.job_result(
-            node_id=self.node_id,
-            job_id=frame.job_id,
-            attempt=frame.attempt,
-            ok=frame.ok,
-            result=frame.result,
-            error=frame.error,
-        )
-
-    async def on_model_not_available(self, frame: ModelNotAvailable) -> None:
-        await jobs.job_model_not_available(node_id=self.node_id, frame=frame)
-
     async def on_drain(self, frame: NodeDrain) -> None:
         await nodes.node_drain_request(node_id=self.node_id, channel=self.channel_name)
         self.drained = True
 
-    handlers = {
-        "node_heartbeat": on_heartbeat,
-        "job_ack": on_ack,
-        "job_started": on_started,
-        "job_progress": on_progress,
-        "job_result": on_result,
-        "model_not_available": on_model_not_available,
-        "node_drain": on_drain,
-    }
+    handlers = {"node_heartbeat": on_heartbeat, "node_drain": on_drain}
 
     # --- channel layer events ------------------------------------------------------------------
 
-    async def job_assign(self, event: dict[str, Any]) -> None:
-        await self.send_raw(event["frame"])
+    async def job_assign(self, message: dict[str, Any]) -> None:
+        await self.send_raw(JobAssignEvent.of(message).frame)
 
-    async def job_cancel(self, event: dict[str, Any]) -> None:
-        await self.send_raw(event["frame"])
+    async def job_cancel(self, message: dict[str, Any]) -> None:
+        await self.send_raw(JobCancelEvent.of(message).frame)
 
-    async def peer_replaced(self, event: dict[str, Any]) -> None:
+    async def peer_replaced(self, message: dict[str, Any]) -> None:
         logger.info(
             "node %s: a newer connection took over; closing %s", self.node_id, self.channel_name
         )

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.db import models
 
-from scheduler_project.credentials import id_new
+from core.credentials import id_new
 
 
 def node_id_new() -> str:

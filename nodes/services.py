@@ -10,20 +10,25 @@ from channels.db import database_sync_to_async
 from django.db import transaction
 from django.utils import timezone
 
+from core.credentials import secret_display_prefix, secret_hash, secret_new
+from core.errors import BadMessage, Unauthorized
+from core.events import JobCancelEvent, event_send
+from core.runtime import INSTANCE_ID
 from hotstate import nodes as hnodes
+from hotstate import owners as howners
 from hotstate.client import build_client
 from hotstate.errors import DependencyDown
 from hotstate.nodes import NodeCaps, NodeLoad
 from hotstate.snapshot import NodeView
 from nodes.models import Node
 from nodes.snapshot import snapshot_get
-from protocol import NodeHeartbeat, NodeRegister, Resources, ServiceRef
-from scheduler_project.credentials import secret_display_prefix, secret_hash, secret_new
-from scheduler_project.errors import BadMessage, Unauthorized
+from protocol import NodeHeartbeat, NodeJobCancel, NodeRegister, Resources, ServiceRef, dump
 
 logger = logging.getLogger(__name__)
 
 NODE_TOKEN_PREFIX = "nt"
+# Offline nodes stay in the directory this long before the prune duty drops them.
+PRUNE_HORIZON_MS = 10 * 60 * 1000
 
 
 def node_create(*, name: str) -> tuple[Node, str]:
@@ -228,3 +233,19 @@ async def node_drain_request(*, node_id: str, channel: str) -> None:
     """The node asked for no new jobs (``node_drain``); running ones finish."""
     await hnodes.node_drain(node_id=node_id, drained=True, channel=channel)
     snapshot_get().note_drained(node_id)
+
+
+async def node_job_cancel(*, node_id: str, frame: NodeJobCancel) -> None:
+    """Tell the node's socket to send ``job_cancel``; a node offline now needs no telling."""
+    channel = await hnodes.node_channel(node_id=node_id)
+    if channel:
+        await event_send(channel, JobCancelEvent(job_id=frame.job_id, frame=dump(frame)))
+
+
+async def directory_prune() -> None:
+    """Drop long-offline nodes from the directory; one process at a time (leader lock)."""
+    if not await howners.leader_acquire(duty="directory_prune", token=INSTANCE_ID, ttl_ms=60_000):
+        return
+    removed = await hnodes.node_directory_prune(horizon_ms=PRUNE_HORIZON_MS)
+    if removed:
+        logger.info("pruned %s offline nodes from the directory", removed)

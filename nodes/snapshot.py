@@ -14,11 +14,12 @@ from dataclasses import dataclass, field, replace
 
 from channels.db import database_sync_to_async
 
+from core.errors import UnknownService
+from core.state import STATE
 from hotstate import snapshot as hsnapshot
 from hotstate.nodes import ReserveOutcome
 from hotstate.snapshot import NodeView
 from nodes.models import Node
-from scheduler_project.errors import UnknownService
 
 logger = logging.getLogger(__name__)
 
@@ -114,15 +115,13 @@ def _declared_services() -> set[str]:
     return services
 
 
-_snapshot = NodeSnapshot()
-
-
 def snapshot_get() -> NodeSnapshot:
-    """The process's snapshot (shared by every consumer and view of the process)."""
-    return _snapshot
+    """The process's snapshot (a part of ``STATE``, shared by every consumer and view)."""
+    return STATE.part(NodeSnapshot)
 
 
 async def snapshot_refresh() -> None:
-    await _snapshot.refresh()
-    if time.monotonic() - _snapshot.catalog_refreshed_at > CATALOG_INTERVAL_S:
-        await _snapshot.refresh_catalog()
+    snapshot = snapshot_get()
+    await snapshot.refresh()
+    if time.monotonic() - snapshot.catalog_refreshed_at > CATALOG_INTERVAL_S:
+        await snapshot.refresh_catalog()

@@ -13,10 +13,16 @@ django_asgi_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
-from scheduler_project import daphne_compat  # noqa: E402
-from scheduler_project.drain import install_drain_signal  # noqa: E402
-from scheduler_project.origin import peer_origin_validator  # noqa: E402
-from scheduler_project.routing import websocket_urlpatterns  # noqa: E402
+from core import daphne_compat  # noqa: E402
+from core.drain import install_drain_signal  # noqa: E402
+from core.origin import peer_origin_validator  # noqa: E402
+from nodes import routing as nodes_routing  # noqa: E402
+from sessions import routing as sessions_routing  # noqa: E402
+
+websocket_urlpatterns = [
+    *nodes_routing.websocket_urlpatterns,
+    *sessions_routing.websocket_urlpatterns,
+]
 
 application = ProtocolTypeRouter(
     {

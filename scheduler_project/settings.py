@@ -88,6 +88,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "channels",
     "scheduler_project.apps.SchedulerConfig",
+    "core",
     "hotstate",
     "nodes",
     "jobs",

@@ -3,7 +3,7 @@
 One listening socket, opened here and inherited by N daphne instances (``--fd``), so the kernel
 spreads connections across them; W worker processes for the shared duties; optionally the demo
 simulator. Whatever dies is restarted, with a backoff while it keeps dying young. SIGTERM or
-SIGINT drains: every instance gets SIGUSR1 (see ``scheduler_project.drain``), and only what has
+SIGINT drains: every instance gets SIGUSR1 (see ``core.drain``), and only what has
 not left by the deadline is terminated; workers stop after the instances.
 """
 

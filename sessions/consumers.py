@@ -1,4 +1,9 @@
-"""``/ws/session/``: a client's socket. Parses, calls one service, replies."""
+"""``/ws/session/``: a client's socket. Parses, calls one service, replies.
+
+``job_submit`` and ``job_cancel`` are handled by ``jobs.frames``, registered at start-up (see
+``core.consumers``); this consumer turns their refusals into ``job_rejected`` and sends the
+results that wait in the session's outbox.
+"""
 
 from __future__ import annotations
 
@@ -8,22 +13,19 @@ from typing import Any
 
 from django.conf import settings
 
-from jobs import services as jobs
-from jobs.delivery import layer_send
+from core.consumers import PeerConsumer, ref_of
+from core.events import JobProgressEvent, PeerReplacedEvent, SessionDeliverEvent, event_send
+from core.runtime import runtime_get
 from protocol import (
     REJECT_CODES,
     CloseCode,
     ErrorCode,
     Frame,
-    JobAccepted,
     JobRejected,
     JobSubmit,
     SessionInit,
-    SessionJobCancel,
     SessionReady,
 )
-from scheduler_project.runtime import runtime_get
-from scheduler_project.websocket import PeerConsumer, ref_of
 from sessions import services as sessions
 
 logger = logging.getLogger(__name__)
@@ -48,7 +50,7 @@ class SessionConsumer(PeerConsumer):
         )
         self.session_id, self.tenant = opened.session_id, opened.tenant
         if opened.previous_channel and opened.previous_channel != self.channel_name:
-            await layer_send(opened.previous_channel, {"type": "peer.replaced"})
+            await event_send(opened.previous_channel, PeerReplacedEvent())
         self.authenticated = True
         self._renewer = asyncio.ensure_future(self._keep_session())
         await self.send_frame(
@@ -56,7 +58,7 @@ class SessionConsumer(PeerConsumer):
         )
         # Results that finished while the session was away, after session_ready.
         for job_id in await sessions.session_results_pending(session_id=self.session_id):
-            await self._deliver(job_id)
+            await self.deliver(job_id)
 
     async def on_disconnect(self, code: int) -> None:
         if self._renewer is not None:
@@ -84,27 +86,7 @@ class SessionConsumer(PeerConsumer):
                 await self.close_with(CloseCode.REPLACED)
                 return
 
-    # --- frames from the client ----------------------------------------------------------------
-
-    async def on_submit(self, frame: JobSubmit) -> None:
-        accepted = await jobs.job_submit(
-            tenant=self.tenant, session_id=self.session_id, submit=frame
-        )
-        await self.send_frame(
-            JobAccepted(
-                request_id=accepted.request_id, job_id=accepted.job_id, node_id=accepted.node_id
-            )
-        )
-        if accepted.duplicate:
-            # A duplicate of a finished job: its result is waiting in the outbox already.
-            for job_id in await sessions.session_results_pending(session_id=self.session_id):
-                if job_id == accepted.job_id:
-                    await self._deliver(job_id)
-
-    async def on_cancel(self, frame: SessionJobCancel) -> None:
-        await jobs.job_cancel(tenant=self.tenant, job_id=frame.job_id)
-
-    handlers = {"job_submit": on_submit, "job_cancel": on_cancel}
+    # --- refusals ---------------------------------------------------------------------------
 
     async def on_handler_error(self, frame: Frame, code: ErrorCode, message: str) -> None:
         if isinstance(frame, JobSubmit) and code in REJECT_CODES:
@@ -119,13 +101,13 @@ class SessionConsumer(PeerConsumer):
 
     # --- channel layer events ------------------------------------------------------------------
 
-    async def session_deliver(self, event: dict[str, Any]) -> None:
-        await self._deliver(event["job_id"])
+    async def session_deliver(self, message: dict[str, Any]) -> None:
+        await self.deliver(SessionDeliverEvent.of(message).job_id)
 
-    async def job_progress(self, event: dict[str, Any]) -> None:
-        await self.send_raw(event["frame"])
+    async def job_progress(self, message: dict[str, Any]) -> None:
+        await self.send_raw(JobProgressEvent.of(message).frame)
 
-    async def peer_replaced(self, event: dict[str, Any]) -> None:
+    async def peer_replaced(self, message: dict[str, Any]) -> None:
         logger.info("session %s resumed elsewhere; closing %s", self.session_id, self.channel_name)
         await self.close_with(CloseCode.REPLACED)
 
@@ -140,7 +122,8 @@ class SessionConsumer(PeerConsumer):
         async with self._delivery():
             await super().close_with(code)
 
-    async def _deliver(self, job_id: str) -> None:
+    async def deliver(self, job_id: str) -> None:
+        """Take the job's result from the outbox, if it waits there, and send it."""
         async with self._delivery():
             if self.closing:
                 return

@@ -10,14 +10,14 @@ from django.conf import settings
 from django.db.models import F
 from django.utils import timezone
 
-from hotstate import sessions as hsessions
-from scheduler_project.credentials import (
+from core.credentials import (
     id_new,
     secret_display_prefix,
     secret_hash,
     secret_new,
 )
-from scheduler_project.errors import BadMessage, Unauthorized
+from core.errors import BadMessage, Unauthorized
+from hotstate import sessions as hsessions
 from sessions.models import ApiKey, ClientSession
 
 logger = logging.getLogger(__name__)

@@ -12,14 +12,14 @@ from django.test import AsyncClient
 
 from hotstate import jobs as hjobs
 from hotstate.jobs import JobState
-from scheduler_project.testing import (
+from sessions.models import ApiKey
+from tests.inprocess import (
     new_api_key,
     online_node,
     online_session,
     reply,
     submit,
 )
-from sessions.models import ApiKey
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("scheduler")]
 

@@ -12,12 +12,13 @@ from typing import Any
 
 import pytest
 
+from core.errors import BadMessage, JobNotFound, PayloadTooLarge, UnknownService
 from hotstate import jobs as hjobs
 from hotstate.jobs import JobState
 from jobs import services as jobs
+from jobs.selectors import job_view
 from protocol import JobSubmit, ServiceRef
-from scheduler_project.errors import BadMessage, JobNotFound, PayloadTooLarge, UnknownService
-from scheduler_project.testing import (
+from tests.inprocess import (
     Peer,
     accepted_job,
     beating,
@@ -240,10 +241,10 @@ async def test_cancel_and_view_refuse_another_tenants_job() -> None:
     accepted = await jobs.job_submit(tenant="acme", session_id="", submit=job_submit())
     assert (await node.receive())["job_id"] == accepted.job_id
     with pytest.raises(JobNotFound):
-        await jobs.job_view(tenant="globex", job_id=accepted.job_id)
+        await job_view(tenant="globex", job_id=accepted.job_id)
     with pytest.raises(JobNotFound):
         await jobs.job_cancel(tenant="globex", job_id=accepted.job_id)
-    assert (await jobs.job_view(tenant="acme", job_id=accepted.job_id)).state is JobState.DISPATCHED
+    assert (await job_view(tenant="acme", job_id=accepted.job_id)).state is JobState.DISPATCHED
     ended = await jobs.job_cancel(tenant="acme", job_id=accepted.job_id)
     assert ended.state is JobState.CANCELLED
     with pytest.raises(JobNotFound):

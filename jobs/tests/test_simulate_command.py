@@ -11,10 +11,10 @@ from io import StringIO
 import pytest
 from django.core.management import CommandError, call_command
 
+from core.errors import Unauthorized
 from jobs.management.commands.simulate import simulation_credentials, websocket_base
 from nodes.models import Node
 from nodes.services import node_authenticate
-from scheduler_project.errors import Unauthorized
 from scheduler_sdk.tests.fake_scheduler import running
 from scheduler_sdk.tests.test_simulator import SchedulingFake
 from sessions.services import api_key_authenticate

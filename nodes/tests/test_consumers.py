@@ -11,7 +11,7 @@ from hotstate import jobs as hjobs
 from hotstate import snapshot as hsnapshot
 from hotstate.jobs import JobState
 from nodes.snapshot import snapshot_get
-from scheduler_project.testing import (
+from tests.inprocess import (
     Peer,
     accepted_job,
     beating,

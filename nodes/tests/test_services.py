@@ -5,9 +5,9 @@ from io import StringIO
 import pytest
 from django.core.management import CommandError, call_command
 
+from core.errors import BadMessage, Unauthorized
 from nodes.models import Node
 from nodes.services import node_authenticate, node_create, node_token_issue
-from scheduler_project.errors import BadMessage, Unauthorized
 
 pytestmark = pytest.mark.django_db
 

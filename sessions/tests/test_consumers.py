@@ -9,7 +9,7 @@ import pytest
 
 from hotstate import jobs as hjobs
 from hotstate.jobs import JobState
-from scheduler_project.testing import (
+from tests.inprocess import (
     Peer,
     accepted_job,
     new_api_key,

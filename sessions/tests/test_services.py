@@ -5,7 +5,7 @@ from io import StringIO
 import pytest
 from django.core.management import CommandError, call_command
 
-from scheduler_project.errors import BadMessage, Unauthorized
+from core.errors import BadMessage, Unauthorized
 from sessions.models import ApiKey
 from sessions.services import api_key_authenticate, api_key_create, api_key_issue
 

@@ -17,9 +17,9 @@ from urllib.parse import urlsplit, urlunsplit
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from core.errors import SchedulerError
 from nodes.models import Node
 from nodes.services import node_create, node_token_issue
-from scheduler_project.errors import SchedulerError
 from scheduler_sdk.simulator import DISTRIBUTIONS, SimConfig, SimulationError, Simulator, Summary
 from sessions.models import ApiKey
 from sessions.services import api_key_create, api_key_issue

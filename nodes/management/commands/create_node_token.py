@@ -4,8 +4,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
+from core.errors import SchedulerError
 from nodes.services import node_create
-from scheduler_project.errors import SchedulerError
 
 
 class Command(BaseCommand):

@@ -4,7 +4,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from scheduler_project.errors import SchedulerError
+from core.errors import SchedulerError
 from sessions.services import api_key_create
 
 

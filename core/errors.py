@@ -1,11 +1,16 @@
-"""Domain failures raised by services, each tied to its PROTOCOL.md error code in one place.
+"""The one family of domain failures, each tied to its PROTOCOL.md error code in one place.
 
-Interfaces (consumers, views, commands) catch ``SchedulerError`` and answer with ``code`` and
-``message``; the HTTP status for each code is in ``HTTP_STATUS``.
+Services raise ``SchedulerError`` subclasses, and let the hot state's refusals
+(``hotstate.codes.Refused``) and outages (``hotstate.errors.DependencyDown``) pass through:
+``error_reply`` maps all of them, so interfaces (consumers, views, commands) answer every
+failure the same way with a code and a message. The HTTP status of each code is in
+``HTTP_STATUS``.
 """
 
 from __future__ import annotations
 
+from hotstate import codes as hcodes
+from hotstate.errors import DependencyDown
 from protocol import ErrorCode
 
 
@@ -38,12 +43,6 @@ class Forbidden(SchedulerError):
     code = ErrorCode.FORBIDDEN
 
 
-class RateLimited(SchedulerError):
-    """Too many messages; slow down."""
-
-    code = ErrorCode.RATE_LIMITED
-
-
 class NoAvailableNode(SchedulerError):
     """No online node can take this job now."""
 
@@ -74,12 +73,6 @@ class StaleAttempt(SchedulerError):
     code = ErrorCode.STALE_ATTEMPT
 
 
-class DependencyUnavailable(SchedulerError):
-    """A dependency of the scheduler (Redis Cluster) is unavailable; try again shortly."""
-
-    code = ErrorCode.DEPENDENCY_DOWN
-
-
 HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.BAD_MESSAGE: 400,
     ErrorCode.UNAUTHORIZED: 401,
@@ -95,14 +88,27 @@ HTTP_STATUS: dict[ErrorCode, int] = {
 }
 
 
+def refusal_error(exc: hcodes.Refused) -> SchedulerError | None:
+    """The domain failure a hot-state refusal stands for, or None for ``BadState`` (a job that
+    moved on is the caller's to judge, never the peer's fault)."""
+    job = exc.subject
+    if isinstance(exc, hcodes.JobNotFound):
+        return JobNotFound(f"no job {job}")
+    if isinstance(exc, hcodes.StaleAttempt):
+        return StaleAttempt(f"job {job} is at attempt {exc.attempt}")
+    if isinstance(exc, hcodes.Forbidden):
+        return Forbidden(f"job {job} is not assigned to this node")
+    return None
+
+
 def error_reply(exc: BaseException) -> tuple[ErrorCode, str]:
     """The protocol code and message that answer ``exc``, for every interface.
 
     Anything that is not a known failure is an ``INTERNAL_ERROR`` whose message reveals nothing;
     the caller logs it.
     """
-    from hotstate.errors import DependencyDown
-
+    if isinstance(exc, hcodes.Refused):
+        exc = refusal_error(exc) or exc
     if isinstance(exc, SchedulerError):
         return exc.code, exc.message
     if isinstance(exc, DependencyDown):

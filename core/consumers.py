@@ -3,7 +3,13 @@
 PROTOCOL.md, Framing: the socket is accepted, then the first frame must authenticate within
 ``AUTH_TIMEOUT``; frames over ``MAX_FRAME_BYTES`` close the socket with 1009; a peer over its rate
 limit gets ``RATE_LIMITED`` and, persisting, 4429; every bad frame gets an ``error`` and changes
-nothing. Subclasses name their peer kind, their authenticating message and a dispatch table.
+nothing. Subclasses name their peer kind, their authenticating message and a dispatch table of
+their own frames.
+
+A frame about a job (``job_ack``, ``job_submit``, ...) is handled by the app that owns the job
+life cycle, which sits above the apps that own the sockets: it registers its handlers in
+``FRAME_HANDLERS`` at start-up instead of being imported by the consumers, so imports point one
+way. A test (``tests/test_consumer_base.py``) makes sure every inbound type has a handler.
 """
 
 from __future__ import annotations
@@ -11,12 +17,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
+from core.errors import error_reply
+from core.ratelimit import FrameLimiter, Verdict
+from core.runtime import runtime_get
+from core.state import STATE
 from protocol import (
     CloseCode,
     Error,
@@ -30,14 +41,46 @@ from protocol import (
     dump,
     parse_inbound,
 )
-from scheduler_project.drain import consumer_track, consumer_untrack
-from scheduler_project.errors import error_reply
-from scheduler_project.ratelimit import FrameLimiter, Verdict
-from scheduler_project.runtime import runtime_get
 
 logger = logging.getLogger(__name__)
 
 Handler = Callable[[Any, Any], Awaitable[None]]
+
+
+class NodeSocket(Protocol):
+    """What a handler registered for node frames may use of the node's consumer."""
+
+    node_id: str
+
+
+class SessionSocket(Protocol):
+    """What a handler registered for session frames may use of the session's consumer."""
+
+    tenant: str
+    session_id: str
+
+    async def send_frame(self, frame: Frame) -> None: ...
+
+    async def deliver(self, job_id: str) -> None:
+        """Take the job's result from the session's outbox, if it waits there, and send it."""
+
+
+class FrameHandlers:
+    """Handlers that apps register for a peer kind's frames, by message type (start-up only)."""
+
+    def __init__(self) -> None:
+        self._handlers: dict[tuple[str, str], Handler] = {}
+
+    def register(self, peer: Peer, message_type: str, handler: Handler) -> None:
+        if self._handlers.get((peer, message_type), handler) is not handler:
+            raise ValueError(f"{peer} frame {message_type!r} already has a handler")
+        self._handlers[(peer, message_type)] = handler
+
+    def get(self, peer: Peer, message_type: str) -> Handler | None:
+        return self._handlers.get((peer, message_type))
+
+
+FRAME_HANDLERS = FrameHandlers()
 
 
 def frame_bytes_over(raw: str | bytes, limit: int) -> bool:
@@ -60,11 +103,20 @@ def ref_of(frame: Frame) -> ErrorRef:
     )
 
 
+class LiveSockets(weakref.WeakSet["PeerConsumer"]):
+    """The process's open sockets (a part of ``STATE``): a drain closes each of them."""
+
+
+def live_sockets() -> LiveSockets:
+    return STATE.part(LiveSockets)
+
+
 class PeerConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
     peer: ClassVar[Peer]
     auth_message: ClassVar[type[Frame]]
-    # Message type -> handler, for authenticated peers. Ping is answered here for everyone.
-    handlers: ClassVar[Mapping[str, Handler]]
+    # Message type -> handler of the subclass's own frames, for authenticated peers; then the
+    # registered ones. Ping is answered here for everyone.
+    handlers: ClassVar[Mapping[str, Handler]] = {}
 
     authenticated: bool = False
     closing: bool = False
@@ -83,7 +135,7 @@ class PeerConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             # PROTOCOL.md: an instance that stops closes with 1012, "reconnect elsewhere".
             await self.close_with(CloseCode.SERVICE_RESTART)
             return
-        consumer_track(self)
+        live_sockets().add(self)
 
     def _on_auth_timeout(self) -> None:
         if not self.authenticated and not self.closing:
@@ -93,7 +145,7 @@ class PeerConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
     async def disconnect(self, code: int) -> None:
         self.closing = True
         self._auth_timer.cancel()
-        consumer_untrack(self)
+        live_sockets().discard(self)
         if self.authenticated:
             await self.on_disconnect(code)
 
@@ -125,12 +177,12 @@ class PeerConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             await self._refuse_bad_frame(exc, rate_limited=verdict == Verdict.REFUSE)
             return
         if not self.authenticated:
-            await self._authenticate(frame, raw_size=len(raw))
+            await self._authenticate(frame)
             return
         if verdict == Verdict.REFUSE:
             await self.on_rate_limited(frame)
             return
-        await self._dispatch(frame, raw_size=len(raw))
+        await self._dispatch(frame)
 
     async def _refuse_bad_frame(self, exc: ProtocolError, *, rate_limited: bool) -> None:
         if not self.authenticated:
@@ -140,7 +192,7 @@ class PeerConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         else:
             await self.send_frame(exc.to_frame())
 
-    async def _authenticate(self, frame: Frame, *, raw_size: int) -> None:
+    async def _authenticate(self, frame: Frame) -> None:
         if not isinstance(frame, self.auth_message):
             await self.refuse_unauthorized(f"the first frame must be {self._auth_type()}")
             return
@@ -158,12 +210,13 @@ class PeerConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         self.authenticated = True
         self._auth_timer.cancel()
 
-    async def _dispatch(self, frame: Frame, *, raw_size: int) -> None:
+    async def _dispatch(self, frame: Frame) -> None:
         if isinstance(frame, Ping):
             now_ms = int(time.time() * 1000)
             await self.send_frame(Pong(ts_ms=frame.ts_ms if frame.ts_ms is not None else now_ms))
             return
-        handler = self.handlers.get(frame.type)  # type: ignore[attr-defined]
+        kind: str = frame.type  # type: ignore[attr-defined]
+        handler = self.handlers.get(kind) or FRAME_HANDLERS.get(self.peer, kind)
         if handler is None:
             await self.send_error(ErrorCode.BAD_MESSAGE, "already authenticated", ref_of(frame))
             return

@@ -1,9 +1,10 @@
 """This process as a scheduler instance: its id, its draining flag and its background duties.
 
-Daphne offers no start-up hook, so the duties start with the first consumer or request that
-asks for the runtime, on the loop that serves it (one per process under daphne; tests may run
-several loops, each gets its own runtime). Each duty runs in a loop of its own; a failing round
-is logged and retried, so one bad round never stops a duty.
+Apps register their duties with ``DUTIES`` from their ``AppConfig.ready()``; ``core`` knows
+none of them. Daphne offers no start-up hook, so the duties start with the first consumer or
+request that asks for the runtime, on the loop that serves it (one per process under daphne;
+tests may run several loops, each gets its own runtime). Each duty runs in a loop of its own; a
+failing round is logged and retried, so one bad round never stops a duty.
 """
 
 from __future__ import annotations
@@ -18,12 +19,16 @@ from dataclasses import dataclass, field
 
 from django.conf import settings
 
+from core.credentials import id_new
+from core.state import STATE
+from hotstate import owners as howners
 from hotstate.errors import DependencyDown
-from scheduler_project.credentials import id_new
 
 logger = logging.getLogger(__name__)
 
 INSTANCE_ID = id_new(prefix="i")
+# An instance silent this long is gone for senders and the dashboard.
+INSTANCE_TTL_MS = 10_000
 
 
 def now_ms() -> int:
@@ -32,11 +37,38 @@ def now_ms() -> int:
 
 @dataclass(frozen=True)
 class Duty:
-    """A background job of the process: ``run`` is called every ``interval_s`` seconds."""
+    """A background job of the process: ``run`` is called every ``interval_s`` seconds.
+
+    ``shared``: work any one process may do for all (timers, reports, clean-up); processes in
+    the ``instance`` role leave it to the workers. ``on_stop``: called once when the runtime
+    stops, after the last round (e.g. to flush what the duty batches).
+    """
 
     name: str
     interval_s: float
-    run: Callable[[], Awaitable[None]]
+    run: Callable[[], Awaitable[object]]
+    shared: bool = False
+    on_stop: Callable[[], Awaitable[object]] | None = None
+
+
+class DutyRegistry:
+    """The duties apps registered, by name. Filled at start-up, read when a runtime starts."""
+
+    def __init__(self) -> None:
+        self._duties: dict[str, Duty] = {}
+
+    def register(self, duty: Duty) -> None:
+        if self._duties.get(duty.name, duty) != duty:
+            raise ValueError(f"another duty is already registered as {duty.name!r}")
+        self._duties[duty.name] = duty
+
+    def for_role(self, role: str | None = None) -> list[Duty]:
+        """The duties of a process in ``role`` (default: SCHEDULER_ROLE)."""
+        role = role or settings.SCHEDULER_ROLE
+        return [duty for duty in self._duties.values() if role != "instance" or not duty.shared]
+
+
+DUTIES = DutyRegistry()
 
 
 @dataclass
@@ -44,6 +76,7 @@ class Runtime:
     instance_id: str
     loop: asyncio.AbstractEventLoop
     draining: bool = False
+    duties: list[Duty] = field(default_factory=list)
     tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     started: bool = False
     stopping: bool = False
@@ -58,6 +91,7 @@ class Runtime:
         if self.started:
             return
         self.started = True
+        self.duties = list(duties)
         for duty in duties:
             # A fresh context: the runtime may start inside a consumer's call, whose context
             # carries asgiref's per-request executor; a duty's database calls must not use it
@@ -84,6 +118,12 @@ class Runtime:
             tasks = [task for task in tasks if not task.done()]
         if tasks:
             logger.warning("duties %s did not stop", [task.get_name() for task in tasks])
+        for duty in self.duties:
+            if duty.on_stop is not None:
+                try:
+                    await duty.on_stop()
+                except Exception:
+                    logger.exception("duty %s: final round failed", duty.name)
         self.tasks.clear()
         self.started = False
 
@@ -113,24 +153,26 @@ async def _run_forever(duty: Duty, runtime: Runtime) -> None:
         await asyncio.sleep(max(0.0, duty.interval_s - elapsed) + backoff)
 
 
-_runtimes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Runtime] = (
-    weakref.WeakKeyDictionary()
-)
+class Runtimes(weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Runtime]):
+    """The process's runtimes, one per event loop that asked for one (a part of ``STATE``)."""
 
 
 def runtime_peek() -> Runtime | None:
     """The running loop's runtime if anything started it (for shutdown paths)."""
-    return _runtimes.get(asyncio.get_running_loop())
+    return STATE.part(Runtimes).get(asyncio.get_running_loop())
 
 
 def runtime_get() -> Runtime:
     """The runtime of the running loop, with its duties started."""
     loop = asyncio.get_running_loop()
-    runtime = _runtimes.get(loop)
+    runtimes = STATE.part(Runtimes)
+    runtime = runtimes.get(loop)
     if runtime is None:
-        runtime = Runtime(instance_id=INSTANCE_ID, loop=loop)
-        _runtimes[loop] = runtime
-        from scheduler_project.duties import process_duties
-
-        runtime.start(process_duties())
+        runtime = runtimes[loop] = Runtime(instance_id=INSTANCE_ID, loop=loop)
+        runtime.start(DUTIES.for_role())
     return runtime
+
+
+async def instance_heartbeat() -> None:
+    """Keep this process listed as alive (a duty of every process)."""
+    await howners.instance_register(instance_id=INSTANCE_ID, ttl_ms=INSTANCE_TTL_MS)

@@ -7,8 +7,8 @@
    (nodes keep running their jobs and report them there; sessions resume and get their
    results from the outbox; in-flight submits are retried by request_id and land on the same
    job);
-3. waits for the sockets to go (bounded), flushes the job history, stops its duties and
-   unregisters, so senders see at once that it is gone;
+3. waits for the sockets to go (bounded), stops its duties (each flushes what it batches,
+   such as the job history) and unregisters, so senders see at once that it is gone;
 4. stops daphne.
 
 Daphne on SIGTERM alone would cancel the consumers without running ``disconnect``, so none of
@@ -22,34 +22,17 @@ import logging
 import os
 import signal
 import sys
-import weakref
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from channels.layers import get_channel_layer
 from django.conf import settings
 
+from core.consumers import live_sockets
+from core.runtime import INSTANCE_ID, runtime_get
 from hotstate import owners as howners
-from jobs.history import history_flush
 from protocol import CloseCode
-from scheduler_project.runtime import INSTANCE_ID, runtime_get
-
-if TYPE_CHECKING:
-    from scheduler_project.websocket import PeerConsumer
 
 logger = logging.getLogger(__name__)
-
-_live: weakref.WeakSet[PeerConsumer] = weakref.WeakSet()
-
-
-def consumer_track(consumer: PeerConsumer) -> None:
-    _live.add(consumer)
-
-
-def consumer_untrack(consumer: PeerConsumer) -> None:
-    _live.discard(consumer)
-
-
-def live_consumers() -> int:
-    return len(_live)
 
 
 async def instance_drain(*, grace_s: float | None = None, exit_process: bool = True) -> None:
@@ -58,19 +41,20 @@ async def instance_drain(*, grace_s: float | None = None, exit_process: bool = T
         return
     runtime.draining = True
     grace = settings.DRAIN_GRACE if grace_s is None else grace_s
-    logger.warning("instance %s draining: closing %s sockets with 1012", INSTANCE_ID, len(_live))
+    live = live_sockets()
+    logger.warning("instance %s draining: closing %s sockets with 1012", INSTANCE_ID, len(live))
     closers = [
         asyncio.ensure_future(consumer.close_with(CloseCode.SERVICE_RESTART))
-        for consumer in list(_live)
+        for consumer in list(live)
     ]
     for outcome in await asyncio.gather(*closers, return_exceptions=True):
         if isinstance(outcome, BaseException):
             logger.error("instance %s: closing a socket failed: %r", INSTANCE_ID, outcome)
     deadline = runtime.loop.time() + grace
     # A bounded poll: sockets leave through their disconnect, or vanish with their consumer.
-    while _live and runtime.loop.time() < deadline:  # noqa: ASYNC110
+    while live and runtime.loop.time() < deadline:  # noqa: ASYNC110
         await asyncio.sleep(0.05)
-    for consumer in list(_live):
+    for consumer in list(live):
         logger.warning(
             "instance %s: %s still open (authenticated=%s closing=%s)",
             INSTANCE_ID,
@@ -78,14 +62,10 @@ async def instance_drain(*, grace_s: float | None = None, exit_process: bool = T
             consumer.authenticated,
             consumer.closing,
         )
-    if _live:
+    if live:
         logger.warning(
-            "instance %s: %s sockets still open after %ss", INSTANCE_ID, len(_live), grace
+            "instance %s: %s sockets still open after %ss", INSTANCE_ID, len(live), grace
         )
-    try:
-        await history_flush()
-    except Exception:
-        logger.exception("instance %s: job history flush failed while draining", INSTANCE_ID)
     await runtime.stop()
     try:
         await howners.instance_unregister(instance_id=INSTANCE_ID)
@@ -98,8 +78,6 @@ async def instance_drain(*, grace_s: float | None = None, exit_process: bool = T
 
 
 async def _close_channel_layer() -> None:
-    from channels.layers import get_channel_layer
-
     layer: Any = get_channel_layer()
     close = getattr(layer, "close", None)
     if close is not None:

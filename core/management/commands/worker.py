@@ -8,8 +8,7 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
-from jobs.history import history_flush
-from scheduler_project.runtime import runtime_get
+from core.runtime import runtime_get
 
 logger = logging.getLogger(__name__)
 
@@ -34,4 +33,3 @@ class Command(BaseCommand):
         await stop.wait()
         logger.info("worker %s stopping", runtime.instance_id)
         await runtime.stop()
-        await history_flush()

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from scheduler_project.ratelimit import FrameLimiter, TokenBucket, Verdict
+from core.ratelimit import FrameLimiter, TokenBucket, Verdict
 
 
 class FakeClock:

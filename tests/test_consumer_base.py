@@ -10,7 +10,8 @@ import pytest
 from channels.db import database_sync_to_async
 
 from nodes.models import Node
-from scheduler_project.testing import (
+from sessions.models import ApiKey
+from tests.inprocess import (
     Peer,
     accepted_job,
     new_api_key,
@@ -20,7 +21,6 @@ from scheduler_project.testing import (
     reply,
     submit,
 )
-from sessions.models import ApiKey
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("scheduler")]
 

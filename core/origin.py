@@ -13,7 +13,7 @@ from channels.security.websocket import OriginValidator
 from django.conf import settings
 
 
-class PeerOriginValidator(OriginValidator):
+class PeerOriginValidator(OriginValidator):  # type: ignore[misc]
     def valid_origin(self, parsed_origin: Any) -> bool:
         if parsed_origin is None:
             return True

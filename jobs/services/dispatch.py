@@ -1,0 +1,166 @@
+"""Placing a job on a node, and taking it off again to place it elsewhere (failover)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Collection
+from dataclasses import replace
+
+from django.conf import settings
+
+from core.events import JobAssignEvent, event_send
+from core.runtime import now_ms
+from hotstate import codes as hcodes
+from hotstate import jobs as hjobs
+from hotstate import nodes as hnodes
+from hotstate import timers as htimers
+from hotstate.jobs import JobState, JobView
+from jobs.selectors import route_forget
+from jobs.services.endings import job_end
+from nodes.selectors import node_candidates
+from nodes.services import node_job_cancel
+from nodes.snapshot import snapshot_get
+from protocol import ErrorCode, JobAssign, NodeJobCancel, ServiceRef, dump
+
+logger = logging.getLogger(__name__)
+
+# How many candidates one dispatch tries to reserve on before giving up (DESIGN.md: bounded).
+MAX_RESERVE_TRIES = 4
+# A job waiting for a node after a failover is retried this often until its deadline.
+REDISPATCH_INTERVAL_MS = 500
+
+
+async def job_dispatch(*, job: JobView, exclude: Collection[str]) -> str | None:
+    """Place a CREATED job on a node for its current attempt; return the node id or None.
+
+    1. Rank candidates from the local snapshot (may be stale; the reserve script decides).
+    2. Reserve a slot on each in turn, at most MAX_RESERVE_TRIES.
+    3. CREATED -> DISPATCHED for this attempt (compare-and-set; a cancel or timeout may have
+       won meanwhile, then the slot is given back).
+    4. Send ``job_assign`` to the consumer that holds the node's socket and arm the ack timer.
+    """
+    snapshot = snapshot_get()
+    candidates = node_candidates(
+        snapshot=snapshot,
+        service_id=job.service_id,
+        service_version=job.service_version,
+        features=job.features,
+        exclude=exclude,
+    )
+    for node in candidates[:MAX_RESERVE_TRIES]:
+        reservation = await hnodes.slot_reserve(
+            node_id=node.node_id,
+            job_id=job.job_id,
+            service_id=job.service_id,
+            service_version=job.service_version,
+        )
+        if not reservation.ok:
+            snapshot.note_refusal(node.node_id, reservation.outcome, live=reservation.live)
+            continue
+        snapshot.note_reserved(node.node_id, live=reservation.live)
+        try:
+            await hjobs.job_transition(
+                job_id=job.job_id,
+                attempt=job.attempt,
+                to=JobState.DISPATCHED,
+                node_id=node.node_id,
+                from_states=(JobState.CREATED,),
+            )
+        except hcodes.Refused:
+            # Cancelled, timed out or placed by another instance first: give the slot back.
+            await hnodes.slot_release(node_id=node.node_id, job_id=job.job_id)
+            return None
+        frame = JobAssign(
+            job_id=job.job_id,
+            attempt=job.attempt,
+            service=ServiceRef(id=job.service_id, version=job.service_version),
+            features=list(job.features),
+            payload=json.loads(job.payload_json),
+            deadline_ms=job.deadline_ms,
+        )
+        # Arm the ack timer before sending: if this process dies right after the send, another
+        # instance still notices a missing ack.
+        # The ack timeout, or the job's own deadline if that comes first.
+        await htimers.timer_arm(
+            job_id=job.job_id, due_ms=min(job.deadline_ms, now_ms() + ack_timeout_ms())
+        )
+        sent = await event_send(
+            node.channel, JobAssignEvent(job_id=job.job_id, attempt=job.attempt, frame=dump(frame))
+        )
+        if not sent:
+            # The socket's process is gone (or stuck): undo this attempt's placement and let
+            # the failover path place it elsewhere now, instead of waiting for the ack timeout.
+            logger.warning(
+                "job %s: node %s unreachable at %s", job.job_id, node.node_id, node.channel
+            )
+            snapshot.note_removed(node.node_id)
+            await job_failover(
+                job=replace(job, state=JobState.DISPATCHED, node_id=node.node_id),
+                code=ErrorCode.NODE_LOST,
+                reason="the node's socket is unreachable",
+            )
+            placed = await hjobs.job_get(job_id=job.job_id)
+            return placed.node_id if placed is not None and placed.node_id else node.node_id
+        logger.debug(
+            "job %s attempt %s dispatched to node %s", job.job_id, job.attempt, node.node_id
+        )
+        return node.node_id
+    return None
+
+
+def ack_timeout_ms() -> int:
+    return int(settings.ACK_TIMEOUT * 1000)
+
+
+def check_due_ms(job: JobView) -> int:
+    """When the timer duty next looks at a job: its deadline, or sooner to notice a lost node."""
+    return min(job.deadline_ms, now_ms() + hnodes.presence_ttl_ms())
+
+
+async def job_failover(*, job: JobView, code: ErrorCode, reason: str) -> None:
+    """Take the job off its node and place it elsewhere, or fail it after MAX_ATTEMPTS.
+
+    Used for a lost node (NODE_LOST), a missing ack (NODE_LOST) and model_not_available.
+    """
+    if job.state.terminal or job.state is JobState.CREATED:
+        return
+    if job.attempt >= settings.MAX_ATTEMPTS:
+        await job_end(job=job, to=JobState.FAILED, code=code, message=reason)
+        return
+    try:
+        transition = await hjobs.job_transition(
+            job_id=job.job_id,
+            attempt=job.attempt,
+            to=JobState.CREATED,
+            from_states=(JobState.DISPATCHED, JobState.ACCEPTED, JobState.RUNNING),
+        )
+    except hcodes.Refused:
+        return  # moved on meanwhile (finished, cancelled, or failed over by someone else)
+    if not transition.applied:
+        return
+    logger.info(
+        "job %s failed over from node %s (%s): attempt %s",
+        job.job_id,
+        job.node_id,
+        reason,
+        transition.attempt,
+    )
+    if job.node_id:
+        await hnodes.slot_release(node_id=job.node_id, job_id=job.job_id)
+        cancel = NodeJobCancel(job_id=job.job_id, attempt=job.attempt, reason=ErrorCode.NODE_LOST)
+        await node_job_cancel(node_id=job.node_id, frame=cancel)
+    route_forget(job_id=job.job_id)
+    await job_redispatch(job_id=job.job_id, exclude=(job.node_id,) if job.node_id else ())
+
+
+async def job_redispatch(*, job_id: str, exclude: Collection[str] = ()) -> None:
+    """Place a CREATED job again; if no node can take it now, try again shortly."""
+    job = await hjobs.job_get(job_id=job_id)
+    if job is None or job.state is not JobState.CREATED:
+        return
+    node_id = await job_dispatch(job=job, exclude=exclude)
+    if node_id is None:
+        node_id = await job_dispatch(job=job, exclude=())
+    if node_id is None:
+        await htimers.timer_arm(job_id=job_id, due_ms=now_ms() + REDISPATCH_INTERVAL_MS)

@@ -1,0 +1,63 @@
+"""The timer duty: each job's timer brings it back for a look (deadline, ack, lost node)."""
+
+from __future__ import annotations
+
+import logging
+
+from core.runtime import now_ms
+from hotstate import jobs as hjobs
+from hotstate import nodes as hnodes
+from hotstate import timers as htimers
+from hotstate.jobs import JobState
+from jobs.services.dispatch import ack_timeout_ms, check_due_ms, job_failover, job_redispatch
+from jobs.services.endings import job_end
+from protocol import ErrorCode
+
+logger = logging.getLogger(__name__)
+
+TIMER_BATCH = 200
+
+
+async def job_check(*, job_id: str) -> None:
+    """The timer duty's look at one job whose timer came due.
+
+    1. Ended: nothing to do.
+    2. Past its deadline: TIMED_OUT, the node gets job_cancel{JOB_TIMEOUT}.
+    3. CREATED (waiting for a node after a failover): dispatch again.
+    4. DISPATCHED and not acked within ACK_TIMEOUT: fail over (NODE_LOST).
+    5. Its node is offline (no presence): fail over (NODE_LOST).
+    6. Otherwise look again later.
+    """
+    job = await hjobs.job_get(job_id=job_id)
+    if job is None or job.state.terminal:
+        await htimers.timer_disarm(job_id=job_id)
+        return
+    now = now_ms()
+    if now >= job.deadline_ms:
+        await job_end(
+            job=job,
+            to=JobState.TIMED_OUT,
+            code=ErrorCode.JOB_TIMEOUT,
+            message=f"the job did not finish within {job.timeout_ms} ms",
+        )
+        return
+    if job.state is JobState.CREATED:
+        await job_redispatch(job_id=job_id)
+        return
+    if job.state is JobState.DISPATCHED and now >= job.updated_ms + ack_timeout_ms():
+        await job_failover(job=job, code=ErrorCode.NODE_LOST, reason="the node did not ack")
+        return
+    if job.node_id and not await hnodes.node_present(node_id=job.node_id):
+        await job_failover(job=job, code=ErrorCode.NODE_LOST, reason="the node went offline")
+        return
+    await htimers.timer_arm(job_id=job_id, due_ms=check_due_ms(job))
+
+
+async def timers_run() -> None:
+    """The timer duty: look at every job whose timer is due."""
+    for job_id in await htimers.timers_claim(now_ms=now_ms(), limit=TIMER_BATCH):
+        try:
+            await job_check(job_id=job_id)
+        except Exception:
+            # The claim's lease brings the timer back; one bad job must not stop the others.
+            logger.exception("job %s: timer check failed", job_id)
