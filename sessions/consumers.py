@@ -27,6 +27,7 @@ from protocol import (
     SessionReady,
 )
 from sessions import services as sessions
+from sessions.delivery import outbox_pending, outbox_take
 
 logger = logging.getLogger(__name__)
 
@@ -57,13 +58,13 @@ class SessionConsumer(PeerConsumer):
             SessionReady(session_id=self.session_id, instance_id=runtime.instance_id)
         )
         # Results that finished while the session was away, after session_ready.
-        for job_id in await sessions.session_results_pending(session_id=self.session_id):
+        for job_id in await outbox_pending(session_id=self.session_id):
             await self.deliver(job_id)
 
     async def on_disconnect(self, code: int) -> None:
         if self._renewer is not None:
             self._renewer.cancel()
-        await sessions.session_close(session_id=self.session_id, channel=self.channel_name)
+        await sessions.session_detach(session_id=self.session_id, channel=self.channel_name)
 
     async def _keep_session(self) -> None:
         """Renew the session while its socket is open.
@@ -75,7 +76,7 @@ class SessionConsumer(PeerConsumer):
         while not self.closing:
             await asyncio.sleep(settings.SESSION_RESUME_TTL / 3)
             try:
-                owned = await sessions.session_renew(
+                owned = await sessions.session_hold(
                     session_id=self.session_id, channel=self.channel_name
                 )
             except Exception:
@@ -127,6 +128,6 @@ class SessionConsumer(PeerConsumer):
         async with self._delivery():
             if self.closing:
                 return
-            frame = await sessions.session_result_take(session_id=self.session_id, job_id=job_id)
+            frame = await outbox_take(session_id=self.session_id, job_id=job_id)
             if frame is not None:
                 await self.send_raw(frame)

@@ -1,9 +1,11 @@
 """Getting a job's progress and final result to the sessions that submitted it.
 
-A session is reached through its owner key (the channel of the consumer holding its socket). A
-final result is first stored in the session's outbox (Redis, kept for resume), then the owner is
-told to take it; taking is atomic, so each session sends it once even if it resumed on another
-instance meanwhile. Progress is best effort: sessions away when it happens miss it.
+The job life cycle puts results in (``result_deliver_to``); the session's socket takes them
+out (``outbox_take``), at once when told or after a resume. A session is reached through its
+owner key (the channel of the consumer holding its socket). A final result is first stored in
+the session's outbox (Redis, kept for resume), then the owner is told to take it; taking is
+atomic, so each session sends it once even if it resumed on another instance meanwhile.
+Progress is best effort: sessions away when it happens miss it.
 """
 
 from __future__ import annotations
@@ -88,3 +90,13 @@ async def result_deliver_to(*, job: JobView, session_ids: Iterable[str]) -> None
         channel = await session_channel(session_id)
         if channel:
             await event_send(channel, SessionDeliverEvent(job_id=job.job_id))
+
+
+async def outbox_pending(*, session_id: str) -> list[str]:
+    """Job ids whose final results wait in the session's outbox."""
+    return await hsessions.session_results_pending(session_id=session_id)
+
+
+async def outbox_take(*, session_id: str, job_id: str) -> str | None:
+    """Take a waiting result (the ``job_result`` frame) so that exactly one socket sends it."""
+    return await hsessions.session_result_take(session_id=session_id, job_id=job_id)

@@ -129,7 +129,7 @@ async def session_open(
     return Opened(session_id, api_key.tenant, False, None)
 
 
-async def session_close(*, session_id: str, channel: str) -> None:
+async def session_detach(*, session_id: str, channel: str) -> None:
     """The socket closed: keep the session resumable for SESSION_RESUME_TTL."""
     closed = await hsessions.session_close(
         session_id=session_id,
@@ -140,18 +140,9 @@ async def session_close(*, session_id: str, channel: str) -> None:
         await database_sync_to_async(_session_closed)(session_id=session_id)
 
 
-async def session_results_pending(*, session_id: str) -> list[str]:
-    """Job ids whose final results wait in the session's outbox."""
-    return await hsessions.session_results_pending(session_id=session_id)
-
-
-async def session_result_take(*, session_id: str, job_id: str) -> str | None:
-    """Take a waiting result (the ``job_result`` frame) so that exactly one socket sends it."""
-    return await hsessions.session_result_take(session_id=session_id, job_id=job_id)
-
-
-async def session_renew(*, session_id: str, channel: str) -> bool:
-    """Keep the session's ownership alive; False if another socket took it over."""
+async def session_hold(*, session_id: str, channel: str) -> bool:
+    """Keep holding the session while its socket is open; False if another socket took it
+    over."""
     return await hsessions.session_renew(
         session_id=session_id,
         channel=channel,
