@@ -12,16 +12,17 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "scheduler_project.settings")
 django_asgi_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from django.conf import settings  # noqa: E402
+from django.utils.module_loading import import_string  # noqa: E402
 
 from core import daphne_compat  # noqa: E402
 from core.drain import install_drain_signal  # noqa: E402
 from core.origin import peer_origin_validator  # noqa: E402
-from nodes import routing as nodes_routing  # noqa: E402
-from sessions import routing as sessions_routing  # noqa: E402
 
+# Each app's WebSocket routes, named in settings as URLs are (ROOT_URLCONF includes each app's
+# urls by name), so the project imports no app.
 websocket_urlpatterns = [
-    *nodes_routing.websocket_urlpatterns,
-    *sessions_routing.websocket_urlpatterns,
+    pattern for routes in settings.WEBSOCKET_ROUTES for pattern in import_string(routes)
 ]
 
 application = ProtocolTypeRouter(

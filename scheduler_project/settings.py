@@ -111,6 +111,8 @@ MIDDLEWARE = [
 APPEND_SLASH = False
 
 ROOT_URLCONF = "scheduler_project.urls"
+# The WebSocket routes of each app (PROTOCOL.md: /ws/node/ and /ws/session/).
+WEBSOCKET_ROUTES = ["nodes.routing.websocket_urlpatterns", "sessions.routing.websocket_urlpatterns"]
 ASGI_APPLICATION = "scheduler_project.asgi.application"
 WSGI_APPLICATION = None
 
