@@ -80,3 +80,9 @@ class Mailbox:
             if not waiter.done():
                 waiter.set_result(None)
                 return
+
+
+def forget_if_idle(mailboxes: dict[str, Mailbox], channel: str, mailbox: Mailbox) -> None:
+    """Drop ``channel``'s mailbox from ``mailboxes`` once nothing waits in it or on it."""
+    if mailbox.idle and mailboxes.get(channel) is mailbox:
+        del mailboxes[channel]
