@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
-from clusterlayer.core import ClusterChannelLayer, ProcessGone
+from clusterlayer.errors import ProcessGone
+from clusterlayer.layer import ClusterChannelLayer
 
 __all__ = ["ClusterChannelLayer", "ProcessGone"]

@@ -41,13 +41,10 @@ class Mailbox:
         self.items.append((deadline, payload))
         self._wake_one()
 
-    def purge_expired(self, now: float) -> int:
+    def purge_expired(self, now: float) -> None:
         """Drop messages whose deadline has passed; they are in arrival order, so from the left."""
-        dropped = 0
         while self.items and self.items[0][0] <= now:
             self.items.popleft()
-            dropped += 1
-        return dropped
 
     def clear(self) -> None:
         self.items.clear()
@@ -80,3 +77,9 @@ class Mailbox:
             if not waiter.done():
                 waiter.set_result(None)
                 return
+
+
+def forget_if_idle(mailboxes: dict[str, Mailbox], channel: str, mailbox: Mailbox) -> None:
+    """Drop ``channel``'s mailbox from ``mailboxes`` once nothing waits in it or on it."""
+    if mailbox.idle and mailboxes.get(channel) is mailbox:
+        del mailboxes[channel]

@@ -16,9 +16,9 @@ import pytest
 from channels.exceptions import ChannelFull
 from redis.asyncio.cluster import RedisCluster
 
-from clusterlayer import ClusterChannelLayer, ProcessGone, keys
-from clusterlayer import core as layer_core
-from clusterlayer.core import GROUP, process_of
+from clusterlayer import ClusterChannelLayer, ProcessGone, keys, outbox, streams
+from clusterlayer.process import process_of, stop_tasks
+from clusterlayer.streams import GROUP
 from clusterlayer.tests.conftest import LayerFactory
 from clusterlayer.tests.test_contract import assert_nothing_arrives, receive_within
 
@@ -84,13 +84,13 @@ async def test_sends_in_flight_together_share_one_script_call(
     sender, receiver = cluster_layer_factory(), cluster_layer_factory(capacity=1000)
     channel = await receiver.new_channel()
     batch_sizes: list[int] = []
-    deliver = layer_core.deliver_inbox
+    deliver = outbox.deliver_inbox
 
     async def counting(*args: Any, **kwargs: Any) -> Any:
         batch_sizes.append(len(kwargs["entries"]))
         return await deliver(*args, **kwargs)
 
-    monkeypatch.setattr(layer_core, "deliver_inbox", counting)
+    monkeypatch.setattr(outbox, "deliver_inbox", counting)
     await asyncio.gather(*(sender.send(channel, {"type": "n", "i": i}) for i in range(300)))
     assert sum(batch_sizes) == 300
     assert len(batch_sizes) <= 3
@@ -253,15 +253,15 @@ async def test_a_restarted_reader_delivers_pending_entries_exactly_once(
     sender, receiver = cluster_layer_factory(), cluster_layer_factory()
     channel = await receiver.new_channel()
     process = receiver._process()
-    await layer_core._stop(process.tasks[:1], within=3.0)
+    await stop_tasks(process.tasks[:1], within=3.0)
     await sender.send(channel, {"type": "t", "i": 1})
     await sender.send(channel, {"type": "t", "i": 2})
     response = await process.client.xreadgroup(GROUP, process.id, {process.inbox_key: ">"})
-    entries = layer_core._entries(response)
+    entries = streams.entries(response)
     assert len(entries) == 2
-    process._hand_over_inbox(entries[:1])
+    process.reader.hand_over(process.inbox_key, entries[:1], process.inbox.deliver)
 
-    process.tasks[0] = asyncio.create_task(process._read_inbox())
+    process.tasks[0] = asyncio.create_task(process.inbox.read())
     assert (await receive_within(receiver, channel))["i"] == 1
     assert (await receive_within(receiver, channel))["i"] == 2
     await assert_nothing_arrives(receiver, channel, 0.3)

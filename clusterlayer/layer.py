@@ -1,0 +1,212 @@
+"""The layer facade: ``ClusterChannelLayer``, the object Channels calls.
+
+It checks the configuration and the arguments of each call, serializes messages, and hands each
+call to the ``Process`` of the running event loop (``process``). How a message travels
+(docs/channel-layer.md has the whole design, and the module each part lives in):
+
+- Process-local channels (``new_channel()``: ``<prefix>.<process>!<random>``) belong to the
+  process (one layer instance on one event loop) that made them. Every process has one inbox
+  stream tagged by the process; a send appends to it with one script that first checks that the
+  process is alive and the channel not full. One reader per process reads the inbox in batches
+  (XREADGROUP BLOCK) and hands each message to the local mailbox of its channel, then
+  acknowledges and deletes what it handed over. A send to a channel of the same process goes
+  straight to the mailbox and never touches Redis.
+- Normal channels each have a stream tagged by the channel, read through one consumer group by
+  whichever processes call ``receive`` on them; each message goes to one receiver.
+- Groups are sorted sets of channel names scored by the time of ``group_add``.
+
+Sends to one destination that overlap in time are written in one script call, so a busy sender
+pays one round trip per batch rather than per message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import secrets
+from typing import Any
+
+from channels.layers import BaseChannelLayer
+from channels_redis.serializers import registry
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from clusterlayer.process import Process, process_of
+
+PREFIX_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+class ClusterChannelLayer(BaseChannelLayer):  # type: ignore[misc]
+    """Channels layer on Redis Cluster Streams; every option is keyword-only (Channels CONFIG).
+
+    ``url``: any node of the cluster. ``prefix``: of every key (several layers can share one
+    cluster). ``expiry``: seconds a message may wait unread. ``group_expiry``: seconds a group
+    membership lives after its last ``group_add``. ``capacity`` / ``channel_capacity``: most
+    messages waiting per channel (``channel_capacity`` maps glob patterns or compiled regexes to
+    capacities). ``inbox_capacity``: most undelivered messages in one process's inbox.
+    ``process_ttl`` / ``heartbeat_interval``: how long a silent process counts as alive, and how
+    often it says it is. ``block_timeout``: seconds one XREADGROUP waits (must stay below
+    ``socket_timeout``). ``read_count``: most entries per read.
+    """
+
+    extensions = ["groups", "flush"]
+
+    def __init__(
+        self,
+        *,
+        url: str,
+        prefix: str = "asgi",
+        expiry: float = 60,
+        group_expiry: float = 86400,
+        capacity: int = 100,
+        channel_capacity: dict[Any, int] | None = None,
+        inbox_capacity: int = 10_000,
+        process_ttl: float = 30.0,
+        heartbeat_interval: float | None = None,
+        block_timeout: float = 2.0,
+        read_count: int = 500,
+        socket_timeout: float = 5.0,
+        socket_connect_timeout: float = 1.0,
+        serializer_format: str = "msgpack",
+        symmetric_encryption_keys: list[str | bytes] | None = None,
+        client_options: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(expiry=expiry, capacity=capacity)
+        if not PREFIX_RE.match(prefix):
+            raise ValueError(f"prefix {prefix!r}: use letters, digits, '_', '.' or '-'")
+        if expiry <= 0 or group_expiry <= 0 or capacity < 1 or inbox_capacity < 1:
+            raise ValueError("expiry, group_expiry, capacity and inbox_capacity must be positive")
+        heartbeat_interval = process_ttl / 3 if heartbeat_interval is None else heartbeat_interval
+        if not 0 < heartbeat_interval <= process_ttl / 2:
+            raise ValueError("heartbeat_interval must be positive and at most process_ttl / 2")
+        if not 0 < block_timeout < socket_timeout:
+            # A blocking read longer than the socket timeout would end in a TimeoutError.
+            raise ValueError("block_timeout must be positive and below socket_timeout")
+        self.url = url
+        self.prefix = prefix
+        self.group_expiry = group_expiry
+        self.channel_capacity = self.compile_capacities(channel_capacity or {})
+        self.inbox_capacity = inbox_capacity
+        self.process_ttl = process_ttl
+        self.heartbeat_interval = heartbeat_interval
+        self.block_timeout = block_timeout
+        self.read_count = read_count
+        self.socket_timeout = socket_timeout
+        self.socket_connect_timeout = socket_connect_timeout
+        self.client_options = dict(client_options or {})
+        self._serializer = registry.get_serializer(
+            serializer_format,
+            random_prefix_length=0,
+            expiry=expiry,
+            symmetric_encryption_keys=symmetric_encryption_keys,
+        )
+        self._processes: dict[asyncio.AbstractEventLoop, Process] = {}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(url={self.url!r}, prefix={self.prefix!r})"
+
+    # --- Channel layer API ------------------------------------------------------------------
+
+    async def send(self, channel: str, message: dict[str, Any]) -> None:
+        """Send ``message`` to ``channel``; raises ChannelFull (or ProcessGone) if refused."""
+        self._require_message(message)
+        self.require_valid_channel_name(channel)
+        payload = self.serialize(message)
+        await self._process().send(channel, payload)
+
+    async def receive(self, channel: str) -> dict[str, Any]:
+        """The next message on ``channel``; a cancelled receive never loses a message."""
+        self.require_valid_channel_name(channel)
+        process = self._process()
+        owner = process_of(channel)
+        if owner is None:
+            payload = await process.normal.receive(channel)
+        elif process.owns(owner):
+            payload = await process.local.receive(channel)
+        else:
+            raise ValueError(
+                f"{channel!r} is not a channel of this process: only the layer instance and "
+                f"event loop whose new_channel() made a process-local channel can receive on it"
+            )
+        return self.deserialize(payload)
+
+    async def new_channel(self, prefix: str = "specific") -> str:
+        """A new process-local channel, ``<prefix>.<process id>!<random>``."""
+        process = self._process()
+        await process.register()
+        return f"{prefix}.{process.id}!{secrets.token_hex(6)}"
+
+    async def flush(self) -> None:
+        """Delete every message and group under this prefix; processes stay registered."""
+        await self._process().flush()
+
+    async def close(self) -> None:
+        """Stop this event loop's reader and heartbeat, unregister, and close the client."""
+        process = self._processes.pop(asyncio.get_running_loop(), None)
+        if process is not None:
+            await process.close()
+
+    # --- Groups extension -------------------------------------------------------------------
+
+    async def group_add(self, group: str, channel: str) -> None:
+        self.require_valid_group_name(group)
+        self.require_valid_channel_name(channel)
+        await self._process().groups.add(group, channel)
+
+    async def group_discard(self, group: str, channel: str) -> None:
+        self.require_valid_group_name(group)
+        self.require_valid_channel_name(channel)
+        await self._process().groups.discard(group, channel)
+
+    async def group_send(self, group: str, message: dict[str, Any]) -> None:
+        """Send to every member; full channels drop the message, gone processes are pruned."""
+        self._require_message(message)
+        self.require_valid_group_name(group)
+        groups = self._process().groups
+        members = await groups.members(group)
+        if members:
+            await groups.send(group, members, self.serialize(message))
+
+    # --- Serialization ----------------------------------------------------------------------
+
+    def serialize(self, message: dict[str, Any]) -> bytes:
+        return bytes(self._serializer.serialize(message))
+
+    def deserialize(self, payload: bytes) -> dict[str, Any]:
+        message = self._serializer.deserialize(payload)
+        assert isinstance(message, dict)
+        return message
+
+    # --- Internals --------------------------------------------------------------------------
+
+    @staticmethod
+    def _require_message(message: object) -> None:
+        if not isinstance(message, dict):
+            raise TypeError(f"a message is a dict, not {type(message).__name__}")
+
+    def _process(self) -> Process:
+        """This event loop's incarnation of the layer (redis-py connections are per loop)."""
+        loop = asyncio.get_running_loop()
+        process = self._processes.get(loop)
+        if process is None:
+            for stale in [other for other in self._processes if other.is_closed()]:
+                del self._processes[stale]
+            process = self._processes[loop] = Process(self, loop)
+        return process
+
+    def build_client(self) -> RedisCluster:
+        """A cluster client with bounded timeouts and no automatic retry of commands.
+
+        A retried XADD whose first attempt did reach the server would deliver twice; the layer
+        promises at most once, so a failed write is reported to the caller instead. Background
+        readers retry by themselves.
+        """
+        options: dict[str, Any] = {
+            "decode_responses": False,
+            "socket_timeout": self.socket_timeout,
+            "socket_connect_timeout": self.socket_connect_timeout,
+            "retry": Retry(NoBackoff(), 0),
+            **self.client_options,
+        }
+        return RedisCluster.from_url(self.url, **options)

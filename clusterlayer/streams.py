@@ -1,0 +1,202 @@
+"""Reading a stream through the layer's consumer group: the loop shared by the inbox reader
+and the normal-channel fetchers.
+
+Owns the consumer group's name, the read loop and its recovery after errors, the ids handed
+over but not yet acknowledged (per stream, kept from one reader of a stream to the next), the
+acknowledgement (XACK + XDEL) and the recreation of a stream whose group was lost. It skips
+expired entries and entries already handed over; what becomes of the others is the caller's
+``deliver``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import ResponseError
+
+from clusterlayer.errors import RETRY_MAX, RETRY_MIN, UNAVAILABLE_ERRORS
+
+logger = logging.getLogger(__name__)
+
+# The consumer group on every stream; the consumer name is the reading process's id.
+GROUP = "clusterlayer"
+
+Entry = tuple[bytes, dict[bytes, bytes]]
+# An entry to deliver: the time its message expires, and its fields.
+Fresh = tuple[float, dict[bytes, bytes]]
+Deliver = Callable[[list[Fresh]], None]
+
+
+def entries(response: Any) -> list[Entry]:
+    """The entries of a one-stream XREADGROUP reply, in either of redis-py's reply shapes."""
+    if not response:
+        return []
+    if isinstance(response, dict):
+        return list(next(iter(response.values())))
+    return list(response[0][1])
+
+
+def _entry_ms(entry_id: bytes) -> int:
+    return int(entry_id.split(b"-", 1)[0])
+
+
+def _stream_lost(exc: ResponseError) -> bool:
+    """The stream or its group is gone (flushed, expired): the reader recreates the group."""
+    text = str(exc)
+    return text.startswith("NOGROUP") or "no longer exists" in text
+
+
+class StreamReader:
+    """One process's consumer (named by its id) on every stream the process reads."""
+
+    def __init__(
+        self,
+        client: RedisCluster,
+        *,
+        consumer: str,
+        read_count: int,
+        block_ms: int,
+        expiry: float,
+        closed: Callable[[], bool],
+    ) -> None:
+        self.client = client
+        self.consumer = consumer
+        self.read_count = read_count
+        self.block_ms = block_ms
+        self.expiry = expiry
+        self.closed = closed
+        # Entries handed to a mailbox but not yet acknowledged, per stream key: a read of the
+        # pending list after an error acknowledges these without delivering them again.
+        self.unacked: defaultdict[str, set[bytes]] = defaultdict(set)
+
+    async def consume(
+        self, key: str, deliver: Deliver, wanted: Callable[[], bool], ttl_ms: int
+    ) -> None:
+        """Read ``key`` and ``deliver`` its entries while ``wanted()`` and not closed.
+
+        1. After a start or an error, first read this consumer's pending entries (ID 0): those
+           handed over before the error are only acknowledged, the others are delivered.
+        2. Then block for new entries (">"), up to ``read_count`` at a time.
+        3. Hand the batch over (``hand_over``); XACK and XDEL it in the same pipeline as the next
+           blocking read (same key, same node), so a trickle of single messages costs one round
+           trip each.
+        4. A lost stream (flushed, or expired while the heartbeat could not reach Redis) gets its
+           group back, with ``ttl_ms`` if it must be created; an unreachable cluster is retried
+           with backoff.
+        """
+        recovering = True
+        backoff = RETRY_MIN
+        done: list[bytes] = []  # handed over, not yet acknowledged
+        while wanted() and not self.closed():
+            try:
+                response: Any
+                if recovering:
+                    if done:
+                        await self._acknowledge(key, done)
+                        done = []
+                    response = await self.client.xreadgroup(
+                        GROUP, self.consumer, {key: "0"}, count=self.read_count
+                    )
+                else:
+                    pipe = self.client.pipeline()
+                    if done:
+                        pipe.xack(key, GROUP, *done)
+                        pipe.xdel(key, *done)
+                    pipe.xreadgroup(
+                        GROUP, self.consumer, {key: ">"}, count=self.read_count, block=self.block_ms
+                    )
+                    *acks, response = await pipe.execute(raise_on_error=False)
+                    for result in (*acks, response):
+                        if isinstance(result, Exception):
+                            raise result
+                    self.unacked[key].difference_update(done)
+                    done = []
+                read = entries(response)
+                if recovering and not read:
+                    recovering = False
+                    continue
+                done = self.hand_over(key, read, deliver)
+                backoff = RETRY_MIN
+            except ResponseError as exc:
+                if not _stream_lost(exc):
+                    logger.exception("process %s: reading %s failed", self.consumer, key)
+                    await asyncio.sleep(RETRY_MAX)
+                    recovering = True
+                    continue
+                done = []
+                self.unacked.pop(key, None)
+                if not wanted() or self.closed():
+                    break  # nobody waits any more: do not bring a flushed stream back
+                try:
+                    await self._create_group(key, ttl_ms)
+                except UNAVAILABLE_ERRORS:
+                    await asyncio.sleep(backoff)
+                recovering = False
+            except UNAVAILABLE_ERRORS as exc:
+                logger.warning(
+                    "process %s: reading %s failed (%s); retrying in %.2f s",
+                    self.consumer,
+                    key,
+                    exc,
+                    backoff,
+                )
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, RETRY_MAX)
+                recovering = True
+            except Exception:
+                # A reader that dies silently would stop all delivery to this process; an
+                # entry that cannot be handed over is in ``unacked`` and is only acknowledged
+                # on the next pass.
+                logger.exception(
+                    "process %s: handing over entries of %s failed", self.consumer, key
+                )
+                await asyncio.sleep(RETRY_MIN)
+                recovering = True
+        if done and not self.closed():
+            # A fetcher that stops with acknowledgements owed pays them now; if this fails the
+            # entries stay pending and the next fetcher's recovery acknowledges them.
+            with contextlib.suppress(*UNAVAILABLE_ERRORS, ResponseError):
+                await self._acknowledge(key, done)
+
+    def hand_over(self, key: str, read: list[Entry], deliver: Deliver) -> list[bytes]:
+        """``deliver`` the entries of a read that are due, and return every id to acknowledge.
+
+        Skipped: entries deleted while pending (no fields), entries handed over before an
+        error, and entries older than the expiry (their id is the server's time of the XADD).
+        """
+        unacked = self.unacked[key]
+        now = time.time()
+        ids: list[bytes] = []
+        fresh: list[Fresh] = []
+        for entry_id, fields in read:
+            ids.append(entry_id)
+            if not fields or entry_id in unacked:
+                continue
+            unacked.add(entry_id)
+            deadline = _entry_ms(entry_id) / 1000 + self.expiry
+            if deadline > now:
+                fresh.append((deadline, fields))
+        deliver(fresh)
+        return ids
+
+    async def _acknowledge(self, key: str, ids: list[bytes]) -> None:
+        pipe = self.client.pipeline()
+        pipe.xack(key, GROUP, *ids)
+        pipe.xdel(key, *ids)
+        await pipe.execute()
+        self.unacked[key].difference_update(ids)
+
+    async def _create_group(self, key: str, ttl_ms: int) -> None:
+        pipe = self.client.pipeline()
+        pipe.xgroup_create(key, GROUP, id="0", mkstream=True)
+        pipe.pexpire(key, ttl_ms, nx=True)
+        created, _ = await pipe.execute(raise_on_error=False)
+        if isinstance(created, ResponseError) and "BUSYGROUP" not in str(created):
+            raise created
