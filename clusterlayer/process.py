@@ -16,9 +16,10 @@ import logging
 import secrets
 import time
 from collections import defaultdict
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from channels.exceptions import ChannelFull
+from redis.asyncio.cluster import RedisCluster
 
 from clusterlayer import keys
 from clusterlayer.errors import UNAVAILABLE_ERRORS, ProcessGone
@@ -29,9 +30,6 @@ from clusterlayer.normal import NormalChannels
 from clusterlayer.outbox import Outboxes
 from clusterlayer.scripts import Delivery
 from clusterlayer.streams import GROUP, StreamReader
-
-if TYPE_CHECKING:
-    from clusterlayer.layer import ClusterChannelLayer
 
 logger = logging.getLogger(__name__)
 
@@ -62,10 +60,28 @@ async def stop_tasks(tasks: list[asyncio.Task[None]], *, within: float) -> None:
         logger.warning("task %s did not stop within %.1f s", task.get_name(), within)
 
 
+class LayerConfig(Protocol):
+    """What a process reads of its layer (``ClusterChannelLayer`` provides it)."""
+
+    prefix: str
+    expiry: float
+    group_expiry: float
+    inbox_capacity: int
+    process_ttl: float
+    heartbeat_interval: float
+    block_timeout: float
+    read_count: int
+    socket_timeout: float
+
+    def build_client(self) -> RedisCluster: ...
+
+    def get_capacity(self, channel: str) -> int: ...
+
+
 class Process:
     """The layer as seen by one event loop: its id, client, keys, tasks and collaborators."""
 
-    def __init__(self, layer: ClusterChannelLayer, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, layer: LayerConfig, loop: asyncio.AbstractEventLoop) -> None:
         self.layer = layer
         self.loop = loop
         self.id = secrets.token_hex(8)
