@@ -30,10 +30,11 @@ logger = logging.getLogger(__name__)
 SessionEvent = p.SessionJobProgress | p.SessionJobResult | p.Error
 """What ``events()`` yields: progress, final results, and errors not tied to a request."""
 Reply = p.JobAccepted | p.JobRejected
+MAX_KEPT_RESULTS = 10_000
 
 
 class SessionClosed(SdkError):
-    """The client was closed, or lost its connection with ``reconnect=False``."""
+    """The client was closed."""
 
 
 @dataclass
@@ -62,7 +63,7 @@ class SessionClient:
 
     ``on_progress``, ``on_result`` and ``on_error`` are plain callables run on the reader task;
     they must not block. ``events()`` is the async alternative. Results are also kept (the
-    latest ``max_kept_results``) for ``result(job_id)``.
+    latest ``MAX_KEPT_RESULTS``) for ``result(job_id)``.
     """
 
     def __init__(
@@ -74,10 +75,8 @@ class SessionClient:
         on_progress: Callable[[p.SessionJobProgress], None] | None = None,
         on_result: Callable[[p.SessionJobResult], None] | None = None,
         on_error: Callable[[p.Error], None] | None = None,
-        reconnect: bool = True,
         backoff: Backoff | None = None,
         ready_timeout_s: float = 10.0,
-        max_kept_results: int = 10_000,
         connect_kwargs: Mapping[str, Any] | None = None,
         rng: random.Random | None = None,
     ) -> None:
@@ -91,10 +90,8 @@ class SessionClient:
         self._on_progress = on_progress
         self._on_result = on_result
         self._on_error = on_error
-        self._reconnect = reconnect
         self._backoff = backoff or Backoff()
         self._ready_timeout_s = ready_timeout_s
-        self._max_kept_results = max_kept_results
         self._connect_kwargs: dict[str, Any] = {"compression": None, **(connect_kwargs or {})}
         self._rng = rng or random.Random()
 
@@ -229,8 +226,6 @@ class SessionClient:
                     failures = 0
                 if self._closing.is_set():
                     break
-                if not self._reconnect:
-                    raise SessionClosed("the connection was lost and reconnect is off")
                 delay = self._backoff.delay(failures, self._rng)
                 failures += 1
                 logger.info("session %s reconnecting in %.2f s", self.session_id, delay)
@@ -349,9 +344,9 @@ class SessionClient:
             self._results[result.job_id] = future
         if not future.done():
             future.set_result(result)
-        if len(self._results) > self._max_kept_results:
+        if len(self._results) > MAX_KEPT_RESULTS:
             # Oldest first (dicts keep insertion order); unclaimed results only.
-            excess = len(self._results) - self._max_kept_results
+            excess = len(self._results) - MAX_KEPT_RESULTS
             for job_id in [j for j, f in self._results.items() if f.done()][:excess]:
                 del self._results[job_id]
 
@@ -373,7 +368,7 @@ class SessionClient:
             return
         ready.cancel()
         if self._run_task in done:
-            self._run_task.result()  # raises Unauthorized, Replaced, SessionClosed
+            self._run_task.result()  # raises Unauthorized or Replaced
             raise SessionClosed("the session client is closed")
         raise TimeoutError(f"no session_ready from {self.url} within {timeout_s} s")
 

@@ -142,7 +142,6 @@ class NodeReport:
     failed: int
     unavailable: int
     cancelled: int
-    max_running_seen: int
     max_held_seen: int
     registrations: int
     errors_received: Mapping[str, int]
@@ -342,8 +341,7 @@ class Simulator:
         self.node_url = f"{base}/ws/node/"
         self.session_url = f"{base}/ws/session/"
         seed = self.config.seed
-        self._rng = random.Random(seed)
-        self._run_id = uuid.UUID(int=self._rng.getrandbits(128)).hex[:8]
+        self._run_id = uuid.UUID(int=random.Random(seed).getrandbits(128)).hex[:8]
         self._seq = itertools.count(1)
         self._violations: list[SimViolation] = []
         self._problems: list[str] = []
@@ -873,7 +871,6 @@ class Simulator:
             failed=stats.jobs_failed,
             unavailable=stats.jobs_unavailable,
             cancelled=stats.jobs_cancelled,
-            max_running_seen=stats.max_running_seen,
             max_held_seen=stats.max_held_seen,
             registrations=stats.registrations,
             errors_received=dict(stats.errors_received),
