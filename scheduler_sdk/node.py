@@ -19,7 +19,6 @@ The agent keeps one WebSocket to ``/ws/node/`` and speaks PROTOCOL.md "Node ⇄ 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
@@ -32,11 +31,12 @@ import psutil
 from pydantic import ValidationError
 from pydantic_core import PydanticSerializationError
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake
+from websockets.exceptions import ConnectionClosed
 
 import protocol as p
 from scheduler_sdk.backoff import Backoff
 from scheduler_sdk.errors import Replaced, SdkError, Unauthorized
+from scheduler_sdk.reconnect import stay_connected
 from scheduler_sdk.version import __version__
 
 logger = logging.getLogger(__name__)
@@ -297,27 +297,20 @@ class NodeAgent:
         if missing:
             raise ValueError(f"no handler for advertised services: {', '.join(missing)}")
         self._running = True
-        failures = 0
         try:
-            while not self._stop.is_set():
-                registered = False
-                try:
-                    registered = await self._connection()
-                except (OSError, TimeoutError, InvalidHandshake, ConnectionClosed) as exc:
-                    logger.warning("node connection to %s failed: %r", self.url, exc)
-                except SdkError as exc:
-                    self.error = exc
-                    raise
-                if registered:
-                    failures = 0
-                if self._stop.is_set():
-                    break
-                delay = self._backoff.delay(failures, self._rng)
-                failures += 1
-                self.stats.backoff_delays.append(delay)
-                logger.info("node %s reconnecting in %.2f s", self.node_id, delay)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), delay)
+            await stay_connected(
+                self._connection,
+                peer="node",
+                url=self.url,
+                ident=lambda: self.node_id,
+                stop=self._stop,
+                backoff=self._backoff,
+                rng=self._rng,
+                on_delay=self.stats.backoff_delays.append,
+            )
+        except SdkError as exc:
+            self.error = exc
+            raise
         finally:
             self._running = False
             self._abandon_jobs()

@@ -19,11 +19,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake
+from websockets.exceptions import ConnectionClosed
 
 import protocol as p
 from scheduler_sdk.backoff import Backoff
 from scheduler_sdk.errors import Replaced, RequestFailed, SdkError, Unauthorized
+from scheduler_sdk.reconnect import stay_connected
 
 logger = logging.getLogger(__name__)
 
@@ -214,23 +215,16 @@ class SessionClient:
     # --- connection -------------------------------------------------------------------------
 
     async def _run(self) -> None:
-        failures = 0
         try:
-            while not self._closing.is_set():
-                ready = False
-                try:
-                    ready = await self._connection()
-                except (OSError, TimeoutError, InvalidHandshake, ConnectionClosed) as exc:
-                    logger.warning("session connection to %s failed: %r", self.url, exc)
-                if ready:
-                    failures = 0
-                if self._closing.is_set():
-                    break
-                delay = self._backoff.delay(failures, self._rng)
-                failures += 1
-                logger.info("session %s reconnecting in %.2f s", self.session_id, delay)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._closing.wait(), delay)
+            await stay_connected(
+                self._connection,
+                peer="session",
+                url=self.url,
+                ident=lambda: self.session_id,
+                stop=self._closing,
+                backoff=self._backoff,
+                rng=self._rng,
+            )
         except SdkError as exc:
             self._fail_all(exc)
             raise
