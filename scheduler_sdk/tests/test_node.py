@@ -412,8 +412,10 @@ async def test_progress_is_rate_limited_per_job_but_completion_always_goes(
 
 
 async def test_progress_outside_0_to_1_is_a_handler_bug() -> None:
-    agent = NodeAgent("ws://unused", "t", services=["asr"], handlers={"asr": echo})
-    job = Job(assign("j1"), agent)
+    async def report(job: Job, progress: float, data: dict[str, Any] | None) -> bool:
+        raise AssertionError(f"progress {progress} was reported")
+
+    job = Job(assign("j1"), report)
     with pytest.raises(ValueError, match=r"within 0\.\.1"):
         await job.progress(1.5)
 
