@@ -5,10 +5,17 @@ from typing import Any
 
 import pytest
 
-from scheduler_sdk import Backoff, NodeAgent
+from scheduler_sdk import Backoff, Job, NodeAgent
 from scheduler_sdk.tests.fake_scheduler import NODE_TOKEN, FakeScheduler, running
 
 FAST_BACKOFF = Backoff(initial_s=0.05, max_s=0.2)
+
+MakeAgent = Callable[..., NodeAgent]
+
+
+async def echo(job: Job) -> dict[str, Any]:
+    """A handler that returns the job's payload."""
+    return {"echo": job.payload}
 
 
 @pytest.fixture
@@ -18,7 +25,7 @@ async def fake() -> AsyncIterator[FakeScheduler]:
 
 
 @pytest.fixture
-async def make_agent(fake: FakeScheduler) -> AsyncIterator[Callable[..., NodeAgent]]:
+async def make_agent(fake: FakeScheduler) -> AsyncIterator[MakeAgent]:
     """NodeAgents on the fake scheduler with test-speed settings; all stopped at the end."""
     agents: list[NodeAgent] = []
 

@@ -13,6 +13,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
@@ -21,6 +22,14 @@ import protocol as p
 
 NODE_TOKEN = "nt_good"
 API_KEY = "ak_good"
+
+
+def assign(job_id: str, *, attempt: int = 1, service: str = "asr", **fields: Any) -> p.JobAssign:
+    """A ``job_assign`` for the fake to send; its deadline is a minute away unless given."""
+    fields.setdefault("features", [])
+    fields.setdefault("payload", {})
+    fields.setdefault("deadline_ms", int(time.time() * 1000) + 60_000)
+    return p.JobAssign(job_id=job_id, attempt=attempt, service=p.ServiceRef(id=service), **fields)
 
 
 @dataclass
@@ -56,6 +65,10 @@ class FakeScheduler:
         return f"{self.url}/ws/session/"
 
     # --- what the test reads ----------------------------------------------------------------
+
+    def about(self, job_id: str) -> list[p.Frame]:
+        """Every frame a node sent about ``job_id``, in order."""
+        return [r.frame for r in self.received if getattr(r.frame, "job_id", None) == job_id]
 
     def of_type(self, type_: str, *, connection: int | None = None) -> list[Received]:
         return [

@@ -1,10 +1,7 @@
-"""Submit jobs to the scheduler as a session (PROTOCOL.md "Session ⇄ scheduler").
+"""``SessionClient``: a session's life cycle, its connection and the frames it sends and gets.
 
-The client keeps one WebSocket to ``/ws/session/``. After a drop (other than 4401 or 4409) it
-reconnects with backoff and sends ``session_init`` with its ``session_id``, so the scheduler
-resumes the session and delivers the results that finished meanwhile. Submits still waiting
-for their ``job_accepted`` / ``job_rejected`` are sent again on the new connection: the
-``request_id`` makes that safe (the scheduler answers a repeat with the same job).
+The requests waiting for an answer (``pending``) and what arrived for the caller (``inbox``)
+are its collaborators; the reconnect loop is ``scheduler_sdk.reconnect``.
 """
 
 from __future__ import annotations
@@ -15,46 +12,24 @@ import logging
 import random
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake
+from websockets.exceptions import ConnectionClosed
 
 import protocol as p
 from scheduler_sdk.backoff import Backoff
-from scheduler_sdk.errors import Replaced, RequestFailed, SdkError, Unauthorized
+from scheduler_sdk.errors import Replaced, SdkError, Unauthorized
+from scheduler_sdk.reconnect import stay_connected
+from scheduler_sdk.session.inbox import Inbox, SessionEvent
+from scheduler_sdk.session.pending import PendingRequests, Reply
+from scheduler_sdk.session.stats import SessionStats
 
 logger = logging.getLogger(__name__)
 
-SessionEvent = p.SessionJobProgress | p.SessionJobResult | p.Error
-"""What ``events()`` yields: progress, final results, and errors not tied to a request."""
-Reply = p.JobAccepted | p.JobRejected
-
 
 class SessionClosed(SdkError):
-    """The client was closed, or lost its connection with ``reconnect=False``."""
-
-
-@dataclass
-class SessionStats:
-    connects: int = 0
-    resumed: int = 0
-    new_sessions: int = 0
-    submits_resent: int = 0
-    progress: int = 0
-    results: int = 0
-    errors: int = 0
-
-
-@dataclass(eq=False)
-class _PendingSubmit:
-    raw: str
-    reply: asyncio.Future[Reply]
-    sent_on: ClientConnection | None = None
-
-
-_CLOSED = object()
+    """The client was closed."""
 
 
 class SessionClient:
@@ -62,7 +37,7 @@ class SessionClient:
 
     ``on_progress``, ``on_result`` and ``on_error`` are plain callables run on the reader task;
     they must not block. ``events()`` is the async alternative. Results are also kept (the
-    latest ``max_kept_results``) for ``result(job_id)``.
+    latest ``MAX_KEPT_RESULTS`` unclaimed ones) for ``result(job_id)``.
     """
 
     def __init__(
@@ -74,10 +49,8 @@ class SessionClient:
         on_progress: Callable[[p.SessionJobProgress], None] | None = None,
         on_result: Callable[[p.SessionJobResult], None] | None = None,
         on_error: Callable[[p.Error], None] | None = None,
-        reconnect: bool = True,
         backoff: Backoff | None = None,
         ready_timeout_s: float = 10.0,
-        max_kept_results: int = 10_000,
         connect_kwargs: Mapping[str, Any] | None = None,
         rng: random.Random | None = None,
     ) -> None:
@@ -91,10 +64,8 @@ class SessionClient:
         self._on_progress = on_progress
         self._on_result = on_result
         self._on_error = on_error
-        self._reconnect = reconnect
         self._backoff = backoff or Backoff()
         self._ready_timeout_s = ready_timeout_s
-        self._max_kept_results = max_kept_results
         self._connect_kwargs: dict[str, Any] = {"compression": None, **(connect_kwargs or {})}
         self._rng = rng or random.Random()
 
@@ -104,10 +75,8 @@ class SessionClient:
         self._closing = asyncio.Event()
         self._failure: SdkError | None = None
         self._run_task: asyncio.Task[None] | None = None
-        self._pending: dict[str, _PendingSubmit] = {}
-        self._results: dict[str, asyncio.Future[p.SessionJobResult]] = {}
-        self._pings: dict[int, asyncio.Future[None]] = {}
-        self._subscribers: set[asyncio.Queue[object]] = set()
+        self._pending = PendingRequests(self.stats)
+        self._inbox = Inbox()
 
     # --- life cycle -------------------------------------------------------------------------
 
@@ -157,7 +126,7 @@ class SessionClient:
         ``request_id``. While disconnected the submit waits and is sent on the next connection.
         """
         self._check_usable()
-        if request_id in self._pending:
+        if self._pending.waiting(request_id):
             raise ValueError(f"request {request_id!r} is already waiting for its reply")
         ref = service if isinstance(service, p.ServiceRef) else p.ServiceRef(id=service)
         frame = p.JobSubmit(
@@ -167,14 +136,12 @@ class SessionClient:
             payload=dict(payload),
             timeout_ms=timeout_ms,
         )
-        pending = _PendingSubmit(p.dump(frame), asyncio.get_running_loop().create_future())
-        self._pending[request_id] = pending
+        pending = self._pending.add(request_id, p.dump(frame))
         try:
-            await self._send_pending(pending)
+            await self._pending.send(pending, self._ws)
             return await asyncio.wait_for(asyncio.shield(pending.reply), reply_timeout_s)
         finally:
-            if self._pending.get(request_id) is pending:
-                del self._pending[request_id]
+            self._pending.discard(request_id, pending)
 
     async def cancel(self, job_id: str, *, timeout_s: float | None = 30.0) -> None:
         """Ask to cancel ``job_id``; its ``job_result{CANCELLED}`` (or an error) follows."""
@@ -182,60 +149,36 @@ class SessionClient:
 
     async def result(self, job_id: str, *, timeout_s: float | None = None) -> p.SessionJobResult:
         """The final ``job_result`` of ``job_id`` (at once if it already arrived)."""
-        future = self._results.get(job_id)
-        if future is None:
-            self._check_usable()
-            future = asyncio.get_running_loop().create_future()
-            self._results[job_id] = future
-        try:
-            return await asyncio.wait_for(asyncio.shield(future), timeout_s)
-        finally:
-            if future.done():
-                self._results.pop(job_id, None)
+        return await self._inbox.result(job_id, timeout_s, check_usable=self._check_usable)
 
     def events(self) -> AsyncIterator[SessionEvent]:
         """Progress, results and errors from now on, in arrival order, until ``close()``."""
-        queue: asyncio.Queue[object] = asyncio.Queue()
-        self._subscribers.add(queue)
-        return self._events(queue)
+        return self._inbox.events()
 
     async def ping(self, *, timeout_s: float | None = 10.0) -> float:
         """Round-trip time in seconds of an application-level ``ping``/``pong``."""
-        ts_ms = int(time.time() * 1000)
-        while ts_ms in self._pings:
-            ts_ms += 1
-        pong = asyncio.get_running_loop().create_future()
-        self._pings[ts_ms] = pong
+        ts_ms, pong = self._pending.ping()
         started = time.monotonic()
         try:
             await self._send_when_ready(p.Ping(ts_ms=ts_ms), timeout_s)
             await asyncio.wait_for(pong, timeout_s)
         finally:
-            self._pings.pop(ts_ms, None)
+            self._pending.end_ping(ts_ms)
         return time.monotonic() - started
 
     # --- connection -------------------------------------------------------------------------
 
     async def _run(self) -> None:
-        failures = 0
         try:
-            while not self._closing.is_set():
-                ready = False
-                try:
-                    ready = await self._connection()
-                except (OSError, TimeoutError, InvalidHandshake, ConnectionClosed) as exc:
-                    logger.warning("session connection to %s failed: %r", self.url, exc)
-                if ready:
-                    failures = 0
-                if self._closing.is_set():
-                    break
-                if not self._reconnect:
-                    raise SessionClosed("the connection was lost and reconnect is off")
-                delay = self._backoff.delay(failures, self._rng)
-                failures += 1
-                logger.info("session %s reconnecting in %.2f s", self.session_id, delay)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._closing.wait(), delay)
+            await stay_connected(
+                self._connection,
+                peer="session",
+                url=self.url,
+                ident=lambda: self.session_id,
+                stop=self._closing,
+                backoff=self._backoff,
+                rng=self._rng,
+            )
         except SdkError as exc:
             self._fail_all(exc)
             raise
@@ -285,14 +228,8 @@ class SessionClient:
             self.stats.new_sessions += 1
             if asked is not None:
                 logger.warning("session %s could not be resumed; now %s", asked, ready.session_id)
-        # Replies to submits sent on the old connection may have been lost with it; the
-        # request_id makes sending them again safe. Loop: submits may arrive while sending.
-        while unsent := [s for s in self._pending.values() if s.sent_on is not ws]:
-            for pending in unsent:
-                if pending.sent_on is not None:
-                    self.stats.submits_resent += 1
-                await ws.send(pending.raw)
-                pending.sent_on = ws
+        # Replies to submits sent on the old connection may have been lost with it.
+        await self._pending.resend(ws)
         self._ws = ws
         self._ready.set()
         try:
@@ -312,48 +249,28 @@ class SessionClient:
     def _on_frame(self, raw: str | bytes) -> None:
         frame = self._parse(raw)
         if isinstance(frame, p.JobAccepted | p.JobRejected):
-            pending = self._pending.get(frame.request_id)
-            if pending is not None and not pending.reply.done():
-                pending.reply.set_result(frame)
+            self._pending.answer(frame)
         elif isinstance(frame, p.SessionJobProgress):
             self.stats.progress += 1
             _call(self._on_progress, frame)
-            self._publish(frame)
+            self._inbox.publish(frame)
         elif isinstance(frame, p.SessionJobResult):
             self.stats.results += 1
-            self._keep_result(frame)
+            self._inbox.keep(frame)
             _call(self._on_result, frame)
-            self._publish(frame)
+            self._inbox.publish(frame)
         elif isinstance(frame, p.Error):
             self._on_error_frame(frame)
         elif isinstance(frame, p.Pong):
-            pong = self._pings.get(frame.ts_ms)
-            if pong is not None and not pong.done():
-                pong.set_result(None)
+            self._pending.pong(frame)
 
     def _on_error_frame(self, error: p.Error) -> None:
         self.stats.errors += 1
-        request_id = error.ref.request_id if error.ref else None
-        pending = self._pending.get(request_id) if request_id else None
-        if pending is not None and not pending.reply.done():
-            pending.reply.set_exception(RequestFailed(error))
+        if self._pending.refuse(error):
             return
         logger.warning("session %s got error %s: %s", self.session_id, error.code, error.message)
         _call(self._on_error, error)
-        self._publish(error)
-
-    def _keep_result(self, result: p.SessionJobResult) -> None:
-        future = self._results.get(result.job_id)
-        if future is None:
-            future = asyncio.get_running_loop().create_future()
-            self._results[result.job_id] = future
-        if not future.done():
-            future.set_result(result)
-        if len(self._results) > self._max_kept_results:
-            # Oldest first (dicts keep insertion order); unclaimed results only.
-            excess = len(self._results) - self._max_kept_results
-            for job_id in [j for j, f in self._results.items() if f.done()][:excess]:
-                del self._results[job_id]
+        self._inbox.publish(error)
 
     # --- helpers ----------------------------------------------------------------------------
 
@@ -373,7 +290,7 @@ class SessionClient:
             return
         ready.cancel()
         if self._run_task in done:
-            self._run_task.result()  # raises Unauthorized, Replaced, SessionClosed
+            self._run_task.result()  # raises Unauthorized or Replaced
             raise SessionClosed("the session client is closed")
         raise TimeoutError(f"no session_ready from {self.url} within {timeout_s} s")
 
@@ -389,40 +306,12 @@ class SessionClient:
                 await ws.send(raw)
                 return
 
-    async def _send_pending(self, pending: _PendingSubmit) -> None:
-        ws = self._ws
-        if ws is None:
-            return  # sent by _serve once connected again
-        with contextlib.suppress(ConnectionClosed):
-            await ws.send(pending.raw)
-            pending.sent_on = ws
-
-    async def _events(self, queue: asyncio.Queue[object]) -> AsyncIterator[SessionEvent]:
-        try:
-            while True:
-                item = await queue.get()
-                if item is _CLOSED:
-                    return
-                yield item  # type: ignore[misc]
-        finally:
-            self._subscribers.discard(queue)
-
-    def _publish(self, event: SessionEvent) -> None:
-        for queue in self._subscribers:
-            queue.put_nowait(event)
-
     def _fail_all(self, failure: SdkError) -> None:
         """End every wait: pending submits, results, pings and event iterators."""
         if self._failure is None:
             self._failure = failure
-        futures: list[asyncio.Future[Any]] = [s.reply for s in self._pending.values()]
-        futures += [*self._results.values(), *self._pings.values()]
-        for future in futures:
-            if not future.done():
-                future.set_exception(failure)
-                future.exception()  # a future nobody awaits must not warn at exit
-        for queue in self._subscribers:
-            queue.put_nowait(_CLOSED)
+        self._pending.fail(failure)
+        self._inbox.fail(failure)
 
 
 def _call(callback: Callable[[Any], None] | None, frame: p.Frame) -> None:
