@@ -16,7 +16,7 @@ from jobs.management.commands.simulate import simulation_credentials, websocket_
 from nodes.models import Node
 from nodes.services import node_authenticate
 from scheduler_sdk.tests.fake_scheduler import running
-from scheduler_sdk.tests.test_simulator import SchedulingFake
+from scheduler_sdk.tests.scheduling_fake import SchedulingFake
 from sessions.services import api_key_authenticate
 
 pytestmark = pytest.mark.django_db
