@@ -35,7 +35,6 @@ class Code(StrEnum):
     EXISTING = "EXISTING"
     RELEASED = "RELEASED"
     NOT_BOUND = "NOT_BOUND"
-    TAKEN_OVER = "TAKEN_OVER"
     # job record
     CREATED = "CREATED"
     EXISTS = "EXISTS"
@@ -72,12 +71,9 @@ class Code(StrEnum):
     WON = "WON"
     DEBOUNCED = "DEBOUNCED"
     # owners, instances, leaders
-    OWNED = "OWNED"
-    CLEARED = "CLEARED"
     REGISTERED = "REGISTERED"
     ACQUIRED = "ACQUIRED"
     BUSY = "BUSY"
-    LOST = "LOST"
     # job timers
     ARMED = "ARMED"
     DISARMED = "DISARMED"

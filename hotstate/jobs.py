@@ -107,34 +107,6 @@ async def request_release(
     return reply.code is Code.RELEASED
 
 
-@dataclass(frozen=True, slots=True)
-class Takeover:
-    """``taken_over``: the request is now bound to the new job; ``job_id``: the bound job or ''."""
-
-    taken_over: bool
-    job_id: str
-
-
-async def request_takeover(
-    *,
-    tenant: str,
-    request_id: str,
-    old_job_id: str,
-    new_job_id: str,
-    lease_ms: int,
-    client: RedisCluster | None = None,
-) -> Takeover:
-    """Rebind the request from ``old_job_id`` to ``new_job_id`` (compare-and-set; failover)."""
-    reply = await SCRIPTS.call(
-        "takeover_request",
-        keys=[keys.request_binding(tenant, request_id)],
-        args=[old_job_id, new_job_id, lease_ms],
-        client=client,
-        subject=request_id,
-    )
-    return Takeover(taken_over=reply.code is Code.TAKEN_OVER, job_id=reply.text(0))
-
-
 # --- job records --------------------------------------------------------------------------------
 
 

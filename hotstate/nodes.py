@@ -367,7 +367,7 @@ async def slot_reserve(
     Refused unless the node is present, not drained, offers ``service_id`` (checked when given)
     and is not marked unavailable for it (``id`` or ``id@version``), and its live reservations
     are below ``max_jobs``. The slot frees itself after ``ttl_ms`` (default RESERVATION_TTL)
-    unless renewed by heartbeats or ``slot_renew``.
+    unless the node's heartbeats renew it.
     """
     mark_version = service_mark(service_id, service_version) if service_id else ""
     reply = await SCRIPTS.call(
@@ -406,23 +406,3 @@ async def slot_release(
         subject=node_id,
     )
     return SlotRelease(reply.code is Code.RELEASED, reply.number(0))
-
-
-async def slot_renew(
-    *,
-    node_id: str,
-    job_ids: Collection[str],
-    ttl_ms: int | None = None,
-    client: RedisCluster | None = None,
-) -> int:
-    """Extend the live reservations of ``job_ids`` by ``ttl_ms``; return how many were renewed."""
-    if not job_ids:
-        return 0
-    reply = await SCRIPTS.call(
-        "renew_slot",
-        keys=[keys.node_reservations(node_id)],
-        args=[ttl_ms or reservation_ttl_ms(), *job_ids],
-        client=client,
-        subject=node_id,
-    )
-    return reply.number(0)

@@ -1,13 +1,11 @@
 """Who holds what: socket owners, instance presence and leader locks.
 
-* Owner keys map a node or session to the channel of the consumer that holds its socket. The
-  newest connection takes the key (``owner_set`` returns the previous holder, to close with
-  4409); renew and clear are compare-and-set on the channel, so a replaced connection can
-  neither keep nor delete the new one's key.
+* Owner keys map a node or session to the channel of the consumer that holds its socket
+  (``owner_get`` reads one).
 * Instance presence keys say which scheduler processes are alive, so that senders can skip
   dead ones.
-* A leader lock elects the one process that performs a periodic duty; renew and release are
-  compare-and-set on the holder's token.
+* A leader lock elects the one process that performs a periodic duty; acquiring again extends
+  the holder's TTL.
 """
 
 from __future__ import annotations
@@ -29,59 +27,6 @@ class OwnerKind(StrEnum):
 
 def _owner_key(kind: OwnerKind, entity_id: str) -> str:
     return keys.node_owner(entity_id) if kind is OwnerKind.NODE else keys.session_owner(entity_id)
-
-
-async def owner_set(
-    *,
-    kind: OwnerKind,
-    entity_id: str,
-    channel: str,
-    ttl_ms: int,
-    client: RedisCluster | None = None,
-) -> str | None:
-    """Make ``channel`` the holder; return the previous holder's channel if it was another."""
-    reply = await SCRIPTS.call(
-        "set_owner",
-        keys=[_owner_key(kind, entity_id)],
-        args=[channel, ttl_ms],
-        client=client,
-        subject=entity_id,
-    )
-    previous = reply.text(0)
-    return previous if previous and previous != channel else None
-
-
-async def owner_renew(
-    *,
-    kind: OwnerKind,
-    entity_id: str,
-    channel: str,
-    ttl_ms: int,
-    client: RedisCluster | None = None,
-) -> bool:
-    """Extend the TTL while ``channel`` holds the key; False: ownership lost, close the socket."""
-    reply = await SCRIPTS.call(
-        "renew_owner",
-        keys=[_owner_key(kind, entity_id)],
-        args=[channel, ttl_ms],
-        client=client,
-        subject=entity_id,
-    )
-    return reply.code is Code.RENEWED
-
-
-async def owner_clear(
-    *, kind: OwnerKind, entity_id: str, channel: str, client: RedisCluster | None = None
-) -> bool:
-    """Delete the key if ``channel`` still holds it (its socket closed)."""
-    reply = await SCRIPTS.call(
-        "clear_owner",
-        keys=[_owner_key(kind, entity_id)],
-        args=[channel],
-        client=client,
-        subject=entity_id,
-    )
-    return reply.code is Code.CLEARED
 
 
 async def owner_get(
@@ -150,32 +95,6 @@ async def leader_acquire(
         subject=duty,
     )
     return reply.code is Code.ACQUIRED
-
-
-async def leader_renew(
-    *, duty: str, token: str, ttl_ms: int, client: RedisCluster | None = None
-) -> bool:
-    """Extend the lock while ``token`` holds it; False: stop the duty."""
-    reply = await SCRIPTS.call(
-        "renew_leader",
-        keys=[keys.leader_lock(duty)],
-        args=[token, ttl_ms],
-        client=client,
-        subject=duty,
-    )
-    return reply.code is Code.RENEWED
-
-
-async def leader_release(*, duty: str, token: str, client: RedisCluster | None = None) -> bool:
-    """Free the lock if ``token`` holds it."""
-    reply = await SCRIPTS.call(
-        "release_leader",
-        keys=[keys.leader_lock(duty)],
-        args=[token],
-        client=client,
-        subject=duty,
-    )
-    return reply.code is Code.RELEASED
 
 
 async def leader_get(*, duty: str, client: RedisCluster | None = None) -> str | None:

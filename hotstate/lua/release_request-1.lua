@@ -1,8 +1,8 @@
 -- release_request: unbind a request id, only by the job it is bound to.
 --
 -- Used when a request is rejected after its claim, so that a retry is judged afresh. Who else
--- could have won: a takeover that rebound the request to another job; then the binding is not
--- ours and stays.
+-- could have won: a claim after our lease expired, which bound the request to another job;
+-- then the binding is not ours and stays.
 --
 -- KEYS[1] binding  request binding (string); value = job_id
 -- ARGV[1] job_id   the job that believes it holds the binding
