@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hotstate import owners as howners
+from hotstate import instances as howners
 from hotstate.errors import DependencyDown
 from hotstate.health import cluster_health
 from scheduler_project.duties import INSTANCE_TTL_MS

@@ -70,7 +70,7 @@ class Code(StrEnum):
     DROPPED = "DROPPED"
     WON = "WON"
     DEBOUNCED = "DEBOUNCED"
-    # owners, instances, leaders
+    # instances, leaders
     REGISTERED = "REGISTERED"
     ACQUIRED = "ACQUIRED"
     BUSY = "BUSY"

@@ -9,7 +9,7 @@ tag        keys                                why together
 =========  ==================================  =================================================
 ``n:ID``   presence, caps, reservations,       the reserve and heartbeat scripts read and write
            unavailable marks, MNA rate and     all of them atomically
-           drop counters, socket owner
+           drop counters
 ``j:ID``   job record, job subscribers         a terminal transition hands over the subscriber
                                                set in the same commit
 ``r:T:R``  request binding (tenant, request)   one key per idempotency key
@@ -130,11 +130,6 @@ def _node_slot_keys(current_prefix: str, node_id: str) -> tuple[str, str, str, s
         node_reservations(node_id),
         node_unavailable(node_id),
     )
-
-
-def node_owner(node_id: str) -> str:
-    """String with TTL: channel name of the consumer that holds the node's socket."""
-    return f"{prefix()}:{{n:{_part(node_id)}}}:owner"
 
 
 # --- node directory: {d:<shard>} ----------------------------------------------------------------

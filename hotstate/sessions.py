@@ -1,11 +1,11 @@
 """Client sessions: who owns the socket, resume within SESSION_RESUME_TTL, the result outbox.
 
 A session is three keys in its own slot: a record (tenant, created_ms, closed_ms), the owner
-key (the channel of the consumer holding its socket, as in :mod:`hotstate.owners`) and an
-outbox of final results. All three live ``resume_ttl_ms`` past the last renewal or close, so a
-session that disconnects can be resumed on any instance within that time and receive what
-finished while it was away. A result goes through the outbox even when the session is
-connected: ``put`` stores it once (HSETNX), ``take`` hands it to exactly one socket.
+key (the channel of the consumer holding its socket) and an outbox of final results. All three
+live ``resume_ttl_ms`` past the last renewal or close, so a session that disconnects can be
+resumed on any instance within that time and receive what finished while it was away. A
+result goes through the outbox even when the session is connected: ``put`` stores it once
+(HSETNX), ``take`` hands it to exactly one socket.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 
-from hotstate import owners as howners
+from hotstate import instances as howners
 from jobs.history import history_flush
 from protocol import CloseCode
 from scheduler_project.runtime import INSTANCE_ID, runtime_get

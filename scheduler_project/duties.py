@@ -11,9 +11,9 @@ import logging
 
 from django.conf import settings
 
+from hotstate import instances as howners
 from hotstate import mna as hmna
 from hotstate import nodes as hnodes
-from hotstate import owners as howners
 from hotstate import timers as htimers
 from jobs import services as jobs
 from jobs.history import history_flush

@@ -28,7 +28,6 @@ def test_every_node_key_carries_the_node_tag() -> None:
         keys.node_unavailable("n1"),
         keys.node_mna_rate("n1"),
         keys.node_mna_dropped("n1"),
-        keys.node_owner("n1"),
     ]
     assert {tag_of(key) for key in node_keys} == {"n:n1"}
     assert len(set(node_keys)) == len(node_keys)

@@ -13,7 +13,7 @@ import pytest
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
-from hotstate import jobs, mna, nodes, owners, sessions, timers
+from hotstate import instances, jobs, mna, nodes, sessions, timers
 from hotstate.jobs import JobState
 from hotstate.scripts import SCRIPTS, ScriptRegistry
 from hotstate.snapshot import node_snapshot_read
@@ -59,8 +59,8 @@ async def tour(client: RedisCluster) -> None:
     await mna.mna_handle(
         event=mna.MnaEvent(0, entry, NODE, "asr@x", "v1", "x", None, None), client=client
     )
-    await owners.instance_register(instance_id="inst:{1}", ttl_ms=1000, client=client)
-    await owners.leader_acquire(duty="du:{t}", token="t", ttl_ms=1000, client=client)
+    await instances.instance_register(instance_id="inst:{1}", ttl_ms=1000, client=client)
+    await instances.leader_acquire(duty="du:{t}", token="t", ttl_ms=1000, client=client)
     await timers.timer_arm(job_id=JOB, due_ms=1, client=client)
     await timers.timers_claim(now_ms=2, limit=5, client=client)
     await timers.timer_disarm(job_id=JOB, client=client)
