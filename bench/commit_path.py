@@ -61,10 +61,8 @@ async def _worker(
     from hotstate.jobs import JobState, job_create, job_transition, request_claim
     from hotstate.keys import job_record, job_subscribers, node_slot_keys, request_binding
     from hotstate.nodes import slot_reserve
-    from hotstate.scripts import scripts_load
 
     client = build_client(url)
-    await scripts_load(client=client)
     noop_sha = await client.script_load(NOOP.read_text())
     node_ids = [f"node-{n}" for n in range(NODES)]
     results = []

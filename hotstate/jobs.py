@@ -39,19 +39,6 @@ class JobState(StrEnum):
 TERMINAL_STATES = frozenset(
     {JobState.FINISHED, JobState.FAILED, JobState.CANCELLED, JobState.TIMED_OUT}
 )
-# Failure, cancel and timeout can end any unfinished job.
-_ENDINGS = frozenset({JobState.FAILED, JobState.CANCELLED, JobState.TIMED_OUT})
-# The transition table of transition_job-2.lua, for callers and tests; the script is the authority.
-TRANSITIONS: dict[JobState, frozenset[JobState]] = {
-    JobState.CREATED: frozenset({JobState.DISPATCHED}) | _ENDINGS,
-    # FINISHED straight from DISPATCHED: a result from the assigned node at the current attempt
-    # is an implicit ack (FAILED is allowed from there like every ending, so success must be too).
-    JobState.DISPATCHED: frozenset({JobState.ACCEPTED, JobState.FINISHED, JobState.CREATED})
-    | _ENDINGS,
-    # FINISHED straight from ACCEPTED: job_started is informational, a node may skip it.
-    JobState.ACCEPTED: _ENDINGS | {JobState.RUNNING, JobState.FINISHED, JobState.CREATED},
-    JobState.RUNNING: frozenset({JobState.FINISHED, JobState.CREATED}) | _ENDINGS,
-}
 # Transitions into these states name a node: the one assigned (DISPATCHED) or reporting.
 NODE_REPORTED_STATES = frozenset(
     {JobState.DISPATCHED, JobState.ACCEPTED, JobState.RUNNING, JobState.FINISHED}

@@ -218,10 +218,6 @@ def mna_stream(shard: int) -> str:
     return f"{prefix()}:{{q:{shard}}}:mna"
 
 
-def mna_streams() -> list[str]:
-    return [mna_stream(shard) for shard in range(MNA_STREAM_SHARDS)]
-
-
 def mna_debounce(service_id: str, version: str | None) -> str:
     """String, PX = the debounce window; exists while the expensive action is debounced."""
     service = _part(service_id) if version is None else f"{_part(service_id)}@{_part(version)}"

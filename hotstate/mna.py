@@ -271,10 +271,3 @@ async def mna_handle(*, event: MnaEvent, client: RedisCluster | None = None) -> 
         client=client,
     )
     return MnaDecision(marked=True, dropped=False, run_action=won)
-
-
-async def mna_dropped(*, node_id: str, client: RedisCluster | None = None) -> int:
-    """Reports of the node dropped by the rate limit in the last day (metrics)."""
-    cluster = client or get_client()
-    value = await bounded("mna_dropped", cluster, cluster.get(keys.node_mna_dropped(node_id)))
-    return int(value or 0)

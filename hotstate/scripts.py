@@ -14,9 +14,9 @@ Calls go through EVALSHA. redis-py's cluster client routes EVALSHA by its keys, 
 runs on the primary that owns their (shared) slot, and refuses keys of different slots before
 sending. Script caches are per server and a newly promoted replica starts empty, so a NOSCRIPT
 answer loads the script on the primary that owns the slot (SCRIPT LOAD, which the server never
-evicts) and retries; ``scripts_load`` preloads every primary at start-up. Every call is bounded
-by ``REDIS_SOCKET_TIMEOUT`` and raises ``DependencyDown`` when the cluster cannot answer; the
-commit may or may not have happened then, and every script is safe to retry.
+evicts) and retries, so each script's first call on a primary costs one more round trip. Every
+call is bounded by ``REDIS_SOCKET_TIMEOUT`` and raises ``DependencyDown`` when the cluster
+cannot answer; the commit may or may not have happened then, and every script is safe to retry.
 """
 
 from __future__ import annotations
@@ -257,14 +257,6 @@ class ScriptRegistry:
             f"{script.name}: NOSCRIPT {NOSCRIPT_RETRIES} times; the slot keeps moving"
         )
 
-    async def load_all(self, client: RedisCluster) -> None:
-        """SCRIPT LOAD every script on every primary (start-up warm-up; optional)."""
-        with dependency_guard("scripts_load"):
-            async with asyncio.timeout(_timeout()):
-                await _initialized(client)
-                for script in self.scripts.values():
-                    await client.script_load(script.source)
-
 
 SCRIPTS = ScriptRegistry()
 
@@ -283,8 +275,3 @@ async def bounded(what: str, client: RedisCluster, awaitable: Awaitable[T]) -> T
         # Not awaited when the cluster failed first; closing a finished coroutine is a no-op.
         if asyncio.iscoroutine(awaitable):
             awaitable.close()
-
-
-async def scripts_load(*, client: RedisCluster | None = None) -> None:
-    """Preload every script on every primary, so the first calls need no NOSCRIPT round trip."""
-    await SCRIPTS.load_all(client or get_client())
