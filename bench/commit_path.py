@@ -104,7 +104,7 @@ async def _worker(
                     await client.evalsha(noop_sha, 1, job_record(f"{job_id}-{calls}"))
                     calls += 1
             elif phase == "shaped":
-                # The same keys and arguments as claim_request, reserve_slot, transition_job.
+                # The same keys and arguments as request_claim, slot_reserve, job_transition.
                 node_id = node_ids[(number + j) % NODES]
                 await client.evalsha(
                     noop_sha, 1, request_binding("bench", job_id), job_id, job_id, 60_000

@@ -21,7 +21,7 @@ async def instance_register(
 ) -> bool:
     """Mark the instance alive for ``ttl_ms``; True if it was not alive before (new or lapsed)."""
     reply = await SCRIPTS.call(
-        "register_instance",
+        "instance_register",
         keys=[keys.instance_presence(instance_id)],
         args=[started_ms, ttl_ms],
         client=client,
@@ -43,7 +43,7 @@ async def leader_acquire(
 ) -> bool:
     """Lead ``duty`` if nobody does (or we already do: the TTL is extended)."""
     reply = await SCRIPTS.call(
-        "acquire_leader",
+        "leader_acquire",
         keys=[keys.leader_lock(duty)],
         args=[token, ttl_ms],
         client=client,

@@ -71,7 +71,7 @@ async def request_claim(
 ) -> Claim:
     """Bind ``(tenant, request_id)`` to ``job_id`` unless it is bound; return the bound job."""
     reply = await SCRIPTS.call(
-        "claim_request",
+        "request_claim",
         keys=[keys.request_binding(tenant, request_id)],
         args=[job_id, lease_ms],
         client=client,
@@ -85,7 +85,7 @@ async def request_release(
 ) -> bool:
     """Unbind the request if ``job_id`` holds it (a rejected submit); True if it did."""
     reply = await SCRIPTS.call(
-        "release_request",
+        "request_release",
         keys=[keys.request_binding(tenant, request_id)],
         args=[job_id],
         client=client,
@@ -131,7 +131,7 @@ async def job_create(
         raise ValueError(f"timeout_ms must be positive, got {timeout_ms}")
     retain = retain_ms if retain_ms is not None else request_lease_ms(timeout_ms)
     reply = await SCRIPTS.call(
-        "create_job",
+        "job_create",
         keys=[keys.job_record(job_id), keys.job_subscribers(job_id)],
         args=[
             tenant,
@@ -197,7 +197,7 @@ async def job_transition(
     if attempt < 1:
         raise ValueError(f"attempts count from 1, got {attempt}")
     reply = await SCRIPTS.call(
-        "transition_job",
+        "job_transition",
         keys=[keys.job_record(job_id), keys.job_subscribers(job_id)],
         args=[
             attempt,
@@ -236,7 +236,7 @@ async def job_subscribe(
     another tenant's.
     """
     reply = await SCRIPTS.call(
-        "subscribe_job",
+        "job_subscribe",
         keys=[keys.job_record(job_id), keys.job_subscribers(job_id)],
         args=[tenant, session_id],
         client=client,

@@ -1,10 +1,11 @@
-"""The loader: every ``hotstate/lua/<verb>_<noun>-<numkeys>.lua`` read, checked and run here.
+"""The loader: every ``hotstate/lua/<entity>_<verb>-<numkeys>.lua`` read, checked and run here.
 
 Each file is one atomic commit. Its header (the leading ``--`` comment block) names the script,
 lists each ``KEYS[i]`` and ``ARGV[i]`` and every ``RETURN {CODE, ...}``. At import, every file is
 parsed and checked, so a malformed script stops the process before it serves anything:
 
-1. the file name is ``<verb>_<noun>-<numkeys>.lua`` and the header's first line names the script;
+1. the file name is ``<entity>_<verb>-<numkeys>.lua`` (the name of the wrapper that calls it, so
+   one grep finds both) and the header's first line names the script;
 2. the header declares ``KEYS[1..numkeys]`` exactly, ``ARGV[1..n]`` in order (the last one may be
    variadic, ``ARGV[n..]``) and at least one return code;
 3. the body uses only declared KEYS and ARGV, returns only declared codes and every declared code,
@@ -46,8 +47,8 @@ logger = logging.getLogger(__name__)
 LUA_DIR = Path(__file__).resolve().parent / "lua"
 NOSCRIPT_RETRIES = 3
 
-_FILENAME = re.compile(r"^(?P<name>[a-z]+_[a-z]+)-(?P<numkeys>[1-9][0-9]*)\.lua$")
-_TITLE = re.compile(r"^-- (?P<name>[a-z]+_[a-z]+): \S")
+_FILENAME = re.compile(r"^(?P<name>[a-z]+(?:_[a-z]+)+)-(?P<numkeys>[1-9][0-9]*)\.lua$")
+_TITLE = re.compile(r"^-- (?P<name>[a-z]+(?:_[a-z]+)+): \S")
 _KEY = re.compile(r"^-- KEYS\[(?P<index>\d+)\] +(?P<name>[a-z_]+)\b")
 _ARG = re.compile(r"^-- ARGV\[(?P<index>\d+)(?P<variadic>\.\.)?\] +(?P<name>[a-z_]+)\b")
 _RETURN = re.compile(r"^-- RETURN \{(?P<code>[A-Z_]+)\b")
@@ -125,7 +126,7 @@ def parse_script(path: Path) -> LuaScript:
     """Read one .lua file and check it against the rules above."""
     match = _FILENAME.match(path.name)
     if not match:
-        raise ScriptHeaderError(f"{path.name}: file name is not <verb>_<noun>-<numkeys>.lua")
+        raise ScriptHeaderError(f"{path.name}: file name is not <entity>_<verb>-<numkeys>.lua")
     name, numkeys = match["name"], int(match["numkeys"])
     source = path.read_text()
     lines = source.splitlines()

@@ -1,4 +1,4 @@
--- reserve_slot: take one of a node's max_jobs slots for a job, if the node can take it now.
+-- slot_reserve: take one of a node's max_jobs slots for a job, if the node can take it now.
 --
 -- The authority on capacity: the caller's snapshot only ranks candidates. Steps: (1) the node
 -- must be present; (2) expired reservations are pruned; (3) a job that already holds a slot

@@ -1,4 +1,4 @@
--- subscribe_job: add a session to the job's subscribers and say where the job stands.
+-- job_subscribe: add a session to the job's subscribers and say where the job stands.
 --
 -- Atomic with the terminal transition (same slot): a session subscribed before it is in the
 -- subscriber list that transition hands out; a session subscribing after it sees the terminal

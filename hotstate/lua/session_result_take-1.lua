@@ -1,6 +1,6 @@
--- take_result: take a stored result frame out of a session's outbox, exactly once.
+-- session_result_take: take a stored result frame out of a session's outbox, exactly once.
 --
--- The field stays as a tombstone ('') so a late repeat of put_result cannot store it again.
+-- The field stays as a tombstone ('') so a late repeat of session_result_put cannot store it again.
 -- Who else could have won: two sockets of the session (old and resumed) taking at once; one
 -- gets the frame, the other EMPTY.
 --

@@ -1,8 +1,8 @@
--- prune_directory: drop directory entries of nodes that are gone, compare-and-set on the stamp.
+-- node_directory_prune: drop directory entries of gone nodes, compare-and-set on the stamp.
 --
 -- The caller saw these nodes without presence. An entry goes only if its stamp is still the one
 -- the caller saw and older than the horizon. Who else could have won: the node registering again
--- (enlist_node wrote a newer stamp first, so the entry stays).
+-- (node_enlist wrote a newer stamp first, so the entry stays).
 --
 -- KEYS[1] directory   node directory shard (zset node_id -> last registration, epoch ms)
 -- ARGV[1] horizon_ms  keep entries stamped within this many ms

@@ -1,4 +1,4 @@
--- transition_job: move a job to a new state, compare-and-set on attempt, node and state.
+-- job_transition: move a job to a new state, compare-and-set on attempt, node and state.
 --
 -- Rules (anything else is BAD_STATE; terminal states are final):
 --   CREATED    -> DISPATCHED | FAILED | CANCELLED | TIMED_OUT

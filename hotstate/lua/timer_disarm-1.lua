@@ -1,4 +1,4 @@
--- disarm_timer: remove a job's timer (the job ended). Idempotent.
+-- timer_disarm: remove a job's timer (the job ended). Idempotent.
 --
 -- Who else could have won: a claimer that took the timer just before; it finds the job ended.
 --

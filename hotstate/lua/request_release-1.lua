@@ -1,4 +1,4 @@
--- release_request: unbind a request id, only by the job it is bound to.
+-- request_release: unbind a request id, only by the job it is bound to.
 --
 -- Used when a request is rejected after its claim, so that a retry is judged afresh. Who else
 -- could have won: a claim after our lease expired, which bound the request to another job;

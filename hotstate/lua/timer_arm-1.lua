@@ -1,4 +1,4 @@
--- arm_timer: (re)arm a job's timer to fire at due_ms.
+-- timer_arm: (re)arm a job's timer to fire at due_ms.
 --
 -- The latest arm wins: a job has one next check. Who else could have won: a claim of the same
 -- timer (it re-armed it at its lease's end); the arm after it sets the due time it wants.

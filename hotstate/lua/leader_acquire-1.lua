@@ -1,4 +1,4 @@
--- acquire_leader: take the lock of a periodic duty if it is free (or already ours).
+-- leader_acquire: take the lock of a periodic duty if it is free (or already ours).
 --
 -- Who else could have won: every process trying the same duty at once; SET NX decides and the
 -- others get BUSY with the holder's token.

@@ -1,4 +1,4 @@
--- release_slot: free a job's slot on a node. Idempotent: a second release frees nothing.
+-- slot_release: free a job's slot on a node. Idempotent: a second release frees nothing.
 --
 -- A sorted-set member is removed at most once, so the count can never go negative. Who else
 -- could have won: another path freeing the same job (result, cancel, timeout, failover); the

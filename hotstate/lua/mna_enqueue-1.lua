@@ -1,4 +1,4 @@
--- enqueue_mna: append a MODEL_NOT_AVAILABLE report to its stream shard for the workers.
+-- mna_enqueue: append a MODEL_NOT_AVAILABLE report to its stream shard for the workers.
 --
 -- The socket handler only enqueues; marking, rate limiting and debouncing happen in the worker.
 -- The stream is capped (approximate MAXLEN), so a flood cannot grow it without bound. Who else

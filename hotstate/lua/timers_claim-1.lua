@@ -1,4 +1,4 @@
--- claim_timers: take up to limit due timers of a shard, each for a lease.
+-- timers_claim: take up to limit due timers of a shard, each for a lease.
 --
 -- A claimed timer is pushed to now_ms + lease_ms, not removed: if the claimer dies before it
 -- re-arms or disarms the job, the timer fires again after the lease. Who else could have won:

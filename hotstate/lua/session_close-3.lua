@@ -1,4 +1,4 @@
--- close_session: the owning socket closed; keep the session resumable for ttl_ms.
+-- session_close: the owning socket closed; keep the session resumable for ttl_ms.
 --
 -- Compare-and-set on the owner. Who else could have won: a resume on another socket (it took
 -- the owner key; this close changes nothing).

@@ -1,4 +1,4 @@
--- claim_request: bind a tenant's request id to a job id, once, for the length of a lease.
+-- request_claim: bind a tenant's request id to a job id, once, for the length of a lease.
 --
 -- The first caller binds its candidate job id; every later caller within the lease gets the
 -- job that won, wherever it runs. Who else could have won: any instance handling a retry of the

@@ -1,7 +1,7 @@
--- enlist_node: put a node in its directory shard, stamped with this shard's clock.
+-- node_enlist: put a node in its directory shard, stamped with this shard's clock.
 --
--- Runs before every publish_node, so each present node is in the directory. The stamp lets
--- prune_directory remove an entry only if no registration happened since it looked. Who else
+-- Runs before every node_publish, so each present node is in the directory. The stamp lets
+-- node_directory_prune remove an entry only if no registration happened since it looked. Who else
 -- could have won: a pruner that read the old stamp; after this its compare-and-set fails.
 --
 -- KEYS[1] directory  node directory shard (zset node_id -> last registration, epoch ms)

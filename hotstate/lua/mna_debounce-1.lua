@@ -1,4 +1,4 @@
--- debounce_mna: decide which report of a (service, version) runs the expensive action.
+-- mna_debounce: decide which report of a (service, version) runs the expensive action.
 --
 -- Step 2 of the worker's handling. The first report in a window wins; every other report in
 -- the window is debounced. Who else could have won: any worker handling a report of the same

@@ -1,4 +1,4 @@
--- publish_node: write a node's presence, capabilities and load.
+-- node_publish: write a node's presence, capabilities and load.
 --
 -- Capabilities are flat hash fields with a digest: when the digest is unchanged only the load
 -- fields are written. A register (new connection) takes the presence unconditionally, since the

@@ -1,4 +1,4 @@
--- drain_node: set or clear a present node's drained flag (drained: no new reservations).
+-- node_drain: set or clear a present node's drained flag (drained: no new reservations).
 --
 -- Who else could have won: a newer connection of the node, when the request names a channel.
 --

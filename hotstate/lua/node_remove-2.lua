@@ -1,4 +1,4 @@
--- remove_node: take a node offline when its socket closes, only by the connection holding it.
+-- node_remove: take a node offline when its socket closes, only by the connection holding it.
 --
 -- Reservations and unavailable marks stay: running jobs are failed over or finished by their
 -- own paths, and leftovers expire. Who else could have won: a newer connection of the same node

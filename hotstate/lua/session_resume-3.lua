@@ -1,8 +1,8 @@
--- resume_session: reopen a session of the same tenant that is open or closed within its TTL.
+-- session_resume: reopen a session of the same tenant that is open or closed within its TTL.
 --
 -- The resuming socket takes the owner key unconditionally (the newest connection wins); the
 -- previous holder is returned so the caller can close it with 4409. Who else could have won:
--- the old socket closing (close_session is a compare-and-set and fails against the new owner)
+-- the old socket closing (session_close is a compare-and-set and fails against the new owner)
 -- or another resume of the same id (the later one wins and closes this one).
 --
 -- KEYS[1] record   session record (hash: tenant, created_ms, closed_ms; PX = resume TTL)

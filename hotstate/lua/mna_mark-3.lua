@@ -1,9 +1,9 @@
--- mark_unavailable: rate-limit a node's MODEL_NOT_AVAILABLE reports and mark it unavailable.
+-- mna_mark: rate-limit a node's MODEL_NOT_AVAILABLE reports and mark it unavailable.
 --
--- Step 1 of the worker's handling (node slot); step 2 is debounce_mna (service slot). A report
+-- Step 1 of the worker's handling (node slot); step 2 is mna_debounce (service slot). A report
 -- over the node's rate limit is dropped whole and counted. A kept report marks the node
 -- unavailable for the service until now + mark_ttl_ms (the later expiry wins when marks
--- overlap); reserve_slot and selection honour the mark. Who else could have won: other workers
+-- overlap); slot_reserve and selection honour the mark. Who else could have won: other workers
 -- handling reports of the same node at once; INCR counts each report exactly once.
 --
 -- KEYS[1] unavailable     node unavailable marks (zset mark -> expiry, epoch ms)

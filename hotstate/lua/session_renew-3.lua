@@ -1,4 +1,4 @@
--- renew_session: extend an open session's keys while channel owns it.
+-- session_renew: extend an open session's keys while channel owns it.
 --
 -- Who else could have won: a resume on another socket; then this socket has been replaced and
 -- should close.

@@ -1,8 +1,8 @@
--- heartbeat_node: keep a node present, record its load, renew its running jobs' reservations.
+-- node_heartbeat: keep a node present, record its load, renew its running jobs' reservations.
 --
 -- Compare-and-set on the presence holder. Only reservations that still exist are renewed: a
 -- slot that was released (cancel, result) or expired is not brought back by a late heartbeat,
--- so a heartbeat never takes a slot that reserve_slot did not grant. Who else could have won:
+-- so a heartbeat never takes a slot that slot_reserve did not grant. Who else could have won:
 -- a newer connection of the node (NOT_OWNER), a release of a job listed as running (it stays
 -- released).
 --

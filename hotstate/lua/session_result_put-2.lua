@@ -1,4 +1,4 @@
--- put_result: store a job's final result frame in a session's outbox, once.
+-- session_result_put: store a job's final result frame in a session's outbox, once.
 --
 -- HSETNX: a result is stored at most once per (session, job), and a taken result (tombstone
 -- '') is never stored again, so a repeated delivery cannot reach the session twice. Who else

@@ -1,4 +1,4 @@
--- create_job: create a job record in state CREATED, attempt 1, if it does not exist yet.
+-- job_create: create a job record in state CREATED, attempt 1, if it does not exist yet.
 --
 -- Idempotent by job id: every caller that holds the request's job id (the claim winner and any
 -- retry that adopted it) may call it; the first creates, the others get EXISTS. Either way the

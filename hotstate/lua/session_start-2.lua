@@ -1,4 +1,4 @@
--- start_session: create a new session and make channel its owner.
+-- session_start: create a new session and make channel its owner.
 --
 -- Session ids are random; EXISTS only guards against a collision (the caller draws another id).
 -- Who else could have won: nobody else knows a fresh id.

@@ -1,4 +1,4 @@
--- register_instance: mark a scheduler instance alive for ttl_ms (register and renew).
+-- instance_register: mark a scheduler instance alive for ttl_ms (register and renew).
 --
 -- Only the instance itself writes its key, so the write is unconditional; the reply says
 -- whether the key had lapsed, since peers may then have treated the instance as dead.
