@@ -239,7 +239,7 @@ class ScriptRegistry:
                 raw = await self._evalsha(cluster, script, keys, args)
         except UNAVAILABLE_ERRORS as exc:
             raise DependencyDown(f"{name}: {type(exc).__name__}: {exc}") from exc
-        return decode(script, raw, subject)
+        return decode(raw, script=name, declared=script.codes, subject=subject)
 
     async def _evalsha(
         self, client: RedisCluster, script: LuaScript, keys: Sequence[str], args: Iterable[Arg]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from redis.asyncio.cluster import RedisCluster
 
-from hotstate import keys
+from hotstate import codes, keys
 from hotstate.codes import Code, ScriptReplyError
 from hotstate.scripts import LUA_DIR, SCRIPTS, ScriptHeaderError, ScriptRegistry, parse_script
 
@@ -124,3 +124,17 @@ async def test_an_undeclared_reply_is_a_bug_not_a_result(tmp_path: Path, hot: Re
     object.__setattr__(registry["thing_touch"], "codes", frozenset({"FULL"}))
     with pytest.raises(ScriptReplyError, match="not a declared code"):
         await registry.call("thing_touch", keys=[keys.job_record("x")], args=["v"], client=hot)
+
+
+def _imports_hotstate(node: ast.AST) -> bool:
+    if isinstance(node, ast.ImportFrom):
+        return node.level > 0 or (node.module or "").startswith("hotstate")
+    return isinstance(node, ast.Import) and any(
+        alias.name.startswith("hotstate") for alias in node.names
+    )
+
+
+def test_codes_import_nothing_of_hotstate() -> None:
+    """The loader depends on the codes, never the other way round (not even for type hints)."""
+    tree = ast.parse(Path(codes.__file__).read_text())
+    assert [ast.unparse(node) for node in ast.walk(tree) if _imports_hotstate(node)] == []
