@@ -61,10 +61,8 @@ async def _worker(
     from hotstate.jobs import JobState, job_create, job_transition, request_claim
     from hotstate.keys import job_record, job_subscribers, node_slot_keys, request_binding
     from hotstate.nodes import slot_reserve
-    from hotstate.scripts import scripts_load
 
     client = build_client(url)
-    await scripts_load(client=client)
     noop_sha = await client.script_load(NOOP.read_text())
     node_ids = [f"node-{n}" for n in range(NODES)]
     results = []
@@ -106,7 +104,7 @@ async def _worker(
                     await client.evalsha(noop_sha, 1, job_record(f"{job_id}-{calls}"))
                     calls += 1
             elif phase == "shaped":
-                # The same keys and arguments as claim_request, reserve_slot, transition_job.
+                # The same keys and arguments as request_claim, slot_reserve, job_transition.
                 node_id = node_ids[(number + j) % NODES]
                 await client.evalsha(
                     noop_sha, 1, request_binding("bench", job_id), job_id, job_id, 60_000

@@ -29,7 +29,7 @@ from django.conf import settings
 
 from core.consumers import live_sockets
 from core.runtime import INSTANCE_ID, runtime_get
-from hotstate import owners as howners
+from hotstate import instances
 from protocol import CloseCode
 
 logger = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ async def instance_drain(*, grace_s: float | None = None, exit_process: bool = T
         )
     await runtime.stop()
     try:
-        await howners.instance_unregister(instance_id=INSTANCE_ID)
+        await instances.instance_unregister(instance_id=INSTANCE_ID)
     except Exception:
         logger.exception("instance %s: could not unregister", INSTANCE_ID)
     await _close_channel_layer()

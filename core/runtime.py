@@ -21,7 +21,7 @@ from django.conf import settings
 
 from core.credentials import id_new
 from core.state import STATE
-from hotstate import owners as howners
+from hotstate import instances
 from hotstate.errors import DependencyDown
 
 logger = logging.getLogger(__name__)
@@ -175,4 +175,4 @@ def runtime_get() -> Runtime:
 
 async def instance_heartbeat() -> None:
     """Keep this process listed as alive (a duty of every process)."""
-    await howners.instance_register(instance_id=INSTANCE_ID, ttl_ms=INSTANCE_TTL_MS)
+    await instances.instance_register(instance_id=INSTANCE_ID, ttl_ms=INSTANCE_TTL_MS)

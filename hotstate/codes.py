@@ -19,12 +19,10 @@ A refusal changed nothing. Each carries the job's current ``state``, ``attempt``
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from hotstate.scripts import LuaScript
+from typing import Any
 
 
 class Code(StrEnum):
@@ -35,7 +33,6 @@ class Code(StrEnum):
     EXISTING = "EXISTING"
     RELEASED = "RELEASED"
     NOT_BOUND = "NOT_BOUND"
-    TAKEN_OVER = "TAKEN_OVER"
     # job record
     CREATED = "CREATED"
     EXISTS = "EXISTS"
@@ -71,13 +68,10 @@ class Code(StrEnum):
     DROPPED = "DROPPED"
     WON = "WON"
     DEBOUNCED = "DEBOUNCED"
-    # owners, instances, leaders
-    OWNED = "OWNED"
-    CLEARED = "CLEARED"
+    # instances, leaders
     REGISTERED = "REGISTERED"
     ACQUIRED = "ACQUIRED"
     BUSY = "BUSY"
-    LOST = "LOST"
     # job timers
     ARMED = "ARMED"
     DISARMED = "DISARMED"
@@ -162,13 +156,16 @@ class Reply:
         return int(self.values[index])
 
 
-def decode(script: LuaScript, raw: Any, subject: str) -> Reply:
-    """Turn a raw script reply into a :class:`Reply`, or raise its refusal."""
-    if not isinstance(raw, list) or not raw or raw[0] not in script.codes:
-        raise ScriptReplyError(f"{script.filename} returned {raw!r}, not a declared code")
+def decode(raw: Any, *, script: str, declared: Collection[str], subject: str) -> Reply:
+    """Turn a raw reply of ``script`` into a :class:`Reply`, or raise its refusal.
+
+    ``declared``: the codes the script's header lists; any other reply is a bug.
+    """
+    if not isinstance(raw, list) or not raw or raw[0] not in declared:
+        raise ScriptReplyError(f"{script} returned {raw!r}, not a declared code")
     code = _CODES[raw[0]]
     refusal = REFUSALS.get(code)
     if refusal is not None:
         state, attempt, node_id = raw[1], raw[2], raw[3]
-        raise refusal(script.name, subject, str(state), int(attempt), str(node_id))
+        raise refusal(script, subject, str(state), int(attempt), str(node_id))
     return Reply(code, tuple(raw[1:]))

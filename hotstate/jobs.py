@@ -39,19 +39,6 @@ class JobState(StrEnum):
 TERMINAL_STATES = frozenset(
     {JobState.FINISHED, JobState.FAILED, JobState.CANCELLED, JobState.TIMED_OUT}
 )
-# Failure, cancel and timeout can end any unfinished job.
-_ENDINGS = frozenset({JobState.FAILED, JobState.CANCELLED, JobState.TIMED_OUT})
-# The transition table of transition_job-2.lua, for callers and tests; the script is the authority.
-TRANSITIONS: dict[JobState, frozenset[JobState]] = {
-    JobState.CREATED: frozenset({JobState.DISPATCHED}) | _ENDINGS,
-    # FINISHED straight from DISPATCHED: a result from the assigned node at the current attempt
-    # is an implicit ack (FAILED is allowed from there like every ending, so success must be too).
-    JobState.DISPATCHED: frozenset({JobState.ACCEPTED, JobState.FINISHED, JobState.CREATED})
-    | _ENDINGS,
-    # FINISHED straight from ACCEPTED: job_started is informational, a node may skip it.
-    JobState.ACCEPTED: _ENDINGS | {JobState.RUNNING, JobState.FINISHED, JobState.CREATED},
-    JobState.RUNNING: frozenset({JobState.FINISHED, JobState.CREATED}) | _ENDINGS,
-}
 # Transitions into these states name a node: the one assigned (DISPATCHED) or reporting.
 NODE_REPORTED_STATES = frozenset(
     {JobState.DISPATCHED, JobState.ACCEPTED, JobState.RUNNING, JobState.FINISHED}
@@ -84,7 +71,7 @@ async def request_claim(
 ) -> Claim:
     """Bind ``(tenant, request_id)`` to ``job_id`` unless it is bound; return the bound job."""
     reply = await SCRIPTS.call(
-        "claim_request",
+        "request_claim",
         keys=[keys.request_binding(tenant, request_id)],
         args=[job_id, lease_ms],
         client=client,
@@ -98,41 +85,13 @@ async def request_release(
 ) -> bool:
     """Unbind the request if ``job_id`` holds it (a rejected submit); True if it did."""
     reply = await SCRIPTS.call(
-        "release_request",
+        "request_release",
         keys=[keys.request_binding(tenant, request_id)],
         args=[job_id],
         client=client,
         subject=request_id,
     )
     return reply.code is Code.RELEASED
-
-
-@dataclass(frozen=True, slots=True)
-class Takeover:
-    """``taken_over``: the request is now bound to the new job; ``job_id``: the bound job or ''."""
-
-    taken_over: bool
-    job_id: str
-
-
-async def request_takeover(
-    *,
-    tenant: str,
-    request_id: str,
-    old_job_id: str,
-    new_job_id: str,
-    lease_ms: int,
-    client: RedisCluster | None = None,
-) -> Takeover:
-    """Rebind the request from ``old_job_id`` to ``new_job_id`` (compare-and-set; failover)."""
-    reply = await SCRIPTS.call(
-        "takeover_request",
-        keys=[keys.request_binding(tenant, request_id)],
-        args=[old_job_id, new_job_id, lease_ms],
-        client=client,
-        subject=request_id,
-    )
-    return Takeover(taken_over=reply.code is Code.TAKEN_OVER, job_id=reply.text(0))
 
 
 # --- job records --------------------------------------------------------------------------------
@@ -172,7 +131,7 @@ async def job_create(
         raise ValueError(f"timeout_ms must be positive, got {timeout_ms}")
     retain = retain_ms if retain_ms is not None else request_lease_ms(timeout_ms)
     reply = await SCRIPTS.call(
-        "create_job",
+        "job_create",
         keys=[keys.job_record(job_id), keys.job_subscribers(job_id)],
         args=[
             tenant,
@@ -238,7 +197,7 @@ async def job_transition(
     if attempt < 1:
         raise ValueError(f"attempts count from 1, got {attempt}")
     reply = await SCRIPTS.call(
-        "transition_job",
+        "job_transition",
         keys=[keys.job_record(job_id), keys.job_subscribers(job_id)],
         args=[
             attempt,
@@ -277,7 +236,7 @@ async def job_subscribe(
     another tenant's.
     """
     reply = await SCRIPTS.call(
-        "subscribe_job",
+        "job_subscribe",
         keys=[keys.job_record(job_id), keys.job_subscribers(job_id)],
         args=[tenant, session_id],
         client=client,

@@ -9,7 +9,7 @@ tag        keys                                why together
 =========  ==================================  =================================================
 ``n:ID``   presence, caps, reservations,       the reserve and heartbeat scripts read and write
            unavailable marks, MNA rate and     all of them atomically
-           drop counters, socket owner
+           drop counters
 ``j:ID``   job record, job subscribers         a terminal transition hands over the subscriber
                                                set in the same commit
 ``r:T:R``  request binding (tenant, request)   one key per idempotency key
@@ -132,11 +132,6 @@ def _node_slot_keys(current_prefix: str, node_id: str) -> tuple[str, str, str, s
     )
 
 
-def node_owner(node_id: str) -> str:
-    """String with TTL: channel name of the consumer that holds the node's socket."""
-    return f"{prefix()}:{{n:{_part(node_id)}}}:owner"
-
-
 # --- node directory: {d:<shard>} ----------------------------------------------------------------
 
 
@@ -221,10 +216,6 @@ def mna_stream(shard: int) -> str:
     if not 0 <= shard < MNA_STREAM_SHARDS:
         raise ValueError(f"MNA stream shard {shard} is outside 0..{MNA_STREAM_SHARDS - 1}")
     return f"{prefix()}:{{q:{shard}}}:mna"
-
-
-def mna_streams() -> list[str]:
-    return [mna_stream(shard) for shard in range(MNA_STREAM_SHARDS)]
 
 
 def mna_debounce(service_id: str, version: str | None) -> str:

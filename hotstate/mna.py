@@ -77,7 +77,7 @@ async def mna_enqueue(
         "attempt": "" if attempt is None else str(attempt),
     }
     reply = await SCRIPTS.call(
-        "enqueue_mna",
+        "mna_enqueue",
         keys=[keys.mna_stream(shard)],
         args=[MNA_STREAM_MAXLEN, *(item for pair in fields.items() for item in pair)],
         client=client,
@@ -205,7 +205,7 @@ async def mna_mark(
     The mark covers ``service_id`` at ``service_version`` only, or every version when None.
     """
     reply = await SCRIPTS.call(
-        "mark_unavailable",
+        "mna_mark",
         keys=[
             keys.node_unavailable(node_id),
             keys.node_mna_rate(node_id),
@@ -236,7 +236,7 @@ async def mna_debounce(
 ) -> bool:
     """Step 3: True for exactly one report per (service, version) and window."""
     reply = await SCRIPTS.call(
-        "debounce_mna",
+        "mna_debounce",
         keys=[keys.mna_debounce(service_id, service_version)],
         args=[window_ms or int(settings.MNA_DEBOUNCE_WINDOW * 1000), token],
         client=client,
@@ -271,10 +271,3 @@ async def mna_handle(*, event: MnaEvent, client: RedisCluster | None = None) -> 
         client=client,
     )
     return MnaDecision(marked=True, dropped=False, run_action=won)
-
-
-async def mna_dropped(*, node_id: str, client: RedisCluster | None = None) -> int:
-    """Reports of the node dropped by the rate limit in the last day (metrics)."""
-    cluster = client or get_client()
-    value = await bounded("mna_dropped", cluster, cluster.get(keys.node_mna_dropped(node_id)))
-    return int(value or 0)

@@ -138,6 +138,21 @@ class PublishOutcome(StrEnum):
     NOT_OWNER = "NOT_OWNER"  # a newer connection holds the node
 
 
+async def node_enlist(*, node_id: str, client: RedisCluster | None = None) -> None:
+    """List the node in its directory shard, stamped with the shard's clock.
+
+    ``node_publish(register=True)`` calls this before it takes the presence, so a present node
+    is always listed and a prune that read an older stamp leaves the entry alone.
+    """
+    await SCRIPTS.call(
+        "node_enlist",
+        keys=[keys.node_directory_of(node_id)],
+        args=[node_id],
+        client=client,
+        subject=node_id,
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Published:
     """``previous``: on register, the channel that held the node before (close it), or None."""
@@ -166,14 +181,12 @@ async def node_publish(
     cluster = client or get_client()
     if register:
         # Directory first: a present node is then always in the directory (see prune).
-        await SCRIPTS.call(
-            "enlist_node", keys=[keys.node_directory_of(node_id)], args=[node_id], client=cluster
-        )
+        await node_enlist(node_id=node_id, client=cluster)
     fields: list[str] = []
     for name, value in caps.fields().items():
         fields += [name, value]
     reply = await SCRIPTS.call(
-        "publish_node",
+        "node_publish",
         keys=[keys.node_presence(node_id), keys.node_caps(node_id)],
         args=[
             channel,
@@ -216,7 +229,7 @@ async def node_heartbeat(
 ) -> Heartbeat:
     """Refresh presence and load, and renew the reservations of the ``running`` job ids."""
     reply = await SCRIPTS.call(
-        "heartbeat_node",
+        "node_heartbeat",
         keys=[
             keys.node_presence(node_id),
             keys.node_caps(node_id),
@@ -247,7 +260,7 @@ async def node_remove(
 ) -> OwnedOutcome:
     """Take the node offline when ``channel``'s socket closes, if that socket still holds it."""
     reply = await SCRIPTS.call(
-        "remove_node",
+        "node_remove",
         keys=[keys.node_presence(node_id), keys.node_caps(node_id)],
         args=[channel],
         client=client,
@@ -265,7 +278,7 @@ async def node_drain(
 ) -> OwnedOutcome:
     """Set (or clear) the drained flag; with ``channel``, only if that connection holds the node."""
     reply = await SCRIPTS.call(
-        "drain_node",
+        "node_drain",
         keys=[keys.node_presence(node_id), keys.node_caps(node_id)],
         args=[channel or "", "1" if drained else "0"],
         client=client,
@@ -294,7 +307,7 @@ async def node_directory_prune(*, horizon_ms: int, client: RedisCluster | None =
     A periodic, leader-elected duty. Returns how many entries went.
     1. Read every directory shard with its stamps (one pipeline).
     2. Check the presence of every listed node (one pipeline).
-    3. Per shard, remove the absent ones whose stamp is unchanged (prune_directory, CAS).
+    3. Per shard, remove the absent ones whose stamp is unchanged (node_directory_prune, CAS).
     """
     cluster = client or get_client()
     shards = keys.node_directories()
@@ -322,7 +335,7 @@ async def node_directory_prune(*, horizon_ms: int, client: RedisCluster | None =
     removed = 0
     for shard, pairs in gone.items():
         reply = await SCRIPTS.call(
-            "prune_directory", keys=[shard], args=[horizon_ms, *pairs], client=cluster
+            "node_directory_prune", keys=[shard], args=[horizon_ms, *pairs], client=cluster
         )
         removed += reply.number(0)
     return removed
@@ -367,11 +380,11 @@ async def slot_reserve(
     Refused unless the node is present, not drained, offers ``service_id`` (checked when given)
     and is not marked unavailable for it (``id`` or ``id@version``), and its live reservations
     are below ``max_jobs``. The slot frees itself after ``ttl_ms`` (default RESERVATION_TTL)
-    unless renewed by heartbeats or ``slot_renew``.
+    unless the node's heartbeats renew it.
     """
     mark_version = service_mark(service_id, service_version) if service_id else ""
     reply = await SCRIPTS.call(
-        "reserve_slot",
+        "slot_reserve",
         keys=keys.node_slot_keys(node_id),
         args=[
             job_id,
@@ -399,30 +412,10 @@ async def slot_release(
 ) -> SlotRelease:
     """Free ``job_id``'s slot on the node; repeating it frees nothing more."""
     reply = await SCRIPTS.call(
-        "release_slot",
+        "slot_release",
         keys=[keys.node_reservations(node_id)],
         args=[job_id],
         client=client,
         subject=node_id,
     )
     return SlotRelease(reply.code is Code.RELEASED, reply.number(0))
-
-
-async def slot_renew(
-    *,
-    node_id: str,
-    job_ids: Collection[str],
-    ttl_ms: int | None = None,
-    client: RedisCluster | None = None,
-) -> int:
-    """Extend the live reservations of ``job_ids`` by ``ttl_ms``; return how many were renewed."""
-    if not job_ids:
-        return 0
-    reply = await SCRIPTS.call(
-        "renew_slot",
-        keys=[keys.node_reservations(node_id)],
-        args=[ttl_ms or reservation_ttl_ms(), *job_ids],
-        client=client,
-        subject=node_id,
-    )
-    return reply.number(0)

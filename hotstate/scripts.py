@@ -1,10 +1,11 @@
-"""The loader: every ``hotstate/lua/<verb>_<noun>-<numkeys>.lua`` read, checked and run here.
+"""The loader: every ``hotstate/lua/<entity>_<verb>-<numkeys>.lua`` read, checked and run here.
 
 Each file is one atomic commit. Its header (the leading ``--`` comment block) names the script,
 lists each ``KEYS[i]`` and ``ARGV[i]`` and every ``RETURN {CODE, ...}``. At import, every file is
 parsed and checked, so a malformed script stops the process before it serves anything:
 
-1. the file name is ``<verb>_<noun>-<numkeys>.lua`` and the header's first line names the script;
+1. the file name is ``<entity>_<verb>-<numkeys>.lua`` (the name of the wrapper that calls it, so
+   one grep finds both) and the header's first line names the script;
 2. the header declares ``KEYS[1..numkeys]`` exactly, ``ARGV[1..n]`` in order (the last one may be
    variadic, ``ARGV[n..]``) and at least one return code;
 3. the body uses only declared KEYS and ARGV, returns only declared codes and every declared code,
@@ -14,9 +15,9 @@ Calls go through EVALSHA. redis-py's cluster client routes EVALSHA by its keys, 
 runs on the primary that owns their (shared) slot, and refuses keys of different slots before
 sending. Script caches are per server and a newly promoted replica starts empty, so a NOSCRIPT
 answer loads the script on the primary that owns the slot (SCRIPT LOAD, which the server never
-evicts) and retries; ``scripts_load`` preloads every primary at start-up. Every call is bounded
-by ``REDIS_SOCKET_TIMEOUT`` and raises ``DependencyDown`` when the cluster cannot answer; the
-commit may or may not have happened then, and every script is safe to retry.
+evicts) and retries, so each script's first call on a primary costs one more round trip. Every
+call is bounded by ``REDIS_SOCKET_TIMEOUT`` and raises ``DependencyDown`` when the cluster
+cannot answer; the commit may or may not have happened then, and every script is safe to retry.
 """
 
 from __future__ import annotations
@@ -46,8 +47,8 @@ logger = logging.getLogger(__name__)
 LUA_DIR = Path(__file__).resolve().parent / "lua"
 NOSCRIPT_RETRIES = 3
 
-_FILENAME = re.compile(r"^(?P<name>[a-z]+_[a-z]+)-(?P<numkeys>[1-9][0-9]*)\.lua$")
-_TITLE = re.compile(r"^-- (?P<name>[a-z]+_[a-z]+): \S")
+_FILENAME = re.compile(r"^(?P<name>[a-z]+(?:_[a-z]+)+)-(?P<numkeys>[1-9][0-9]*)\.lua$")
+_TITLE = re.compile(r"^-- (?P<name>[a-z]+(?:_[a-z]+)+): \S")
 _KEY = re.compile(r"^-- KEYS\[(?P<index>\d+)\] +(?P<name>[a-z_]+)\b")
 _ARG = re.compile(r"^-- ARGV\[(?P<index>\d+)(?P<variadic>\.\.)?\] +(?P<name>[a-z_]+)\b")
 _RETURN = re.compile(r"^-- RETURN \{(?P<code>[A-Z_]+)\b")
@@ -125,7 +126,7 @@ def parse_script(path: Path) -> LuaScript:
     """Read one .lua file and check it against the rules above."""
     match = _FILENAME.match(path.name)
     if not match:
-        raise ScriptHeaderError(f"{path.name}: file name is not <verb>_<noun>-<numkeys>.lua")
+        raise ScriptHeaderError(f"{path.name}: file name is not <entity>_<verb>-<numkeys>.lua")
     name, numkeys = match["name"], int(match["numkeys"])
     source = path.read_text()
     lines = source.splitlines()
@@ -238,7 +239,7 @@ class ScriptRegistry:
                 raw = await self._evalsha(cluster, script, keys, args)
         except UNAVAILABLE_ERRORS as exc:
             raise DependencyDown(f"{name}: {type(exc).__name__}: {exc}") from exc
-        return decode(script, raw, subject)
+        return decode(raw, script=name, declared=script.codes, subject=subject)
 
     async def _evalsha(
         self, client: RedisCluster, script: LuaScript, keys: Sequence[str], args: Iterable[Arg]
@@ -256,14 +257,6 @@ class ScriptRegistry:
         raise DependencyDown(
             f"{script.name}: NOSCRIPT {NOSCRIPT_RETRIES} times; the slot keeps moving"
         )
-
-    async def load_all(self, client: RedisCluster) -> None:
-        """SCRIPT LOAD every script on every primary (start-up warm-up; optional)."""
-        with dependency_guard("scripts_load"):
-            async with asyncio.timeout(_timeout()):
-                await _initialized(client)
-                for script in self.scripts.values():
-                    await client.script_load(script.source)
 
 
 SCRIPTS = ScriptRegistry()
@@ -283,8 +276,3 @@ async def bounded(what: str, client: RedisCluster, awaitable: Awaitable[T]) -> T
         # Not awaited when the cluster failed first; closing a finished coroutine is a no-op.
         if asyncio.iscoroutine(awaitable):
             awaitable.close()
-
-
-async def scripts_load(*, client: RedisCluster | None = None) -> None:
-    """Preload every script on every primary, so the first calls need no NOSCRIPT round trip."""
-    await SCRIPTS.load_all(client or get_client())

@@ -1,11 +1,11 @@
 """Client sessions: who owns the socket, resume within SESSION_RESUME_TTL, the result outbox.
 
 A session is three keys in its own slot: a record (tenant, created_ms, closed_ms), the owner
-key (the channel of the consumer holding its socket, as in :mod:`hotstate.owners`) and an
-outbox of final results. All three live ``resume_ttl_ms`` past the last renewal or close, so a
-session that disconnects can be resumed on any instance within that time and receive what
-finished while it was away. A result goes through the outbox even when the session is
-connected: ``put`` stores it once (HSETNX), ``take`` hands it to exactly one socket.
+key (the channel of the consumer holding its socket) and an outbox of final results. All three
+live ``resume_ttl_ms`` past the last renewal or close, so a session that disconnects can be
+resumed on any instance within that time and receive what finished while it was away. A
+result goes through the outbox even when the session is connected: ``put`` stores it once
+(HSETNX), ``take`` hands it to exactly one socket.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ async def session_start(
 ) -> bool:
     """Create the session owned by ``channel``; False if the id already exists (draw another)."""
     reply = await SCRIPTS.call(
-        "start_session",
+        "session_start",
         keys=[keys.session_record(session_id), keys.session_owner(session_id)],
         args=[tenant, channel, resume_ttl_ms],
         client=client,
@@ -57,7 +57,7 @@ async def session_resume(
 ) -> Resumed:
     """Reopen a live or recently closed session of ``tenant``; unknown or foreign: not resumed."""
     reply = await SCRIPTS.call(
-        "resume_session",
+        "session_resume",
         keys=[
             keys.session_record(session_id),
             keys.session_owner(session_id),
@@ -79,7 +79,7 @@ async def session_close(
 ) -> bool:
     """``channel``'s socket closed: keep the session resumable; False if it was not the owner."""
     reply = await SCRIPTS.call(
-        "close_session",
+        "session_close",
         keys=[
             keys.session_record(session_id),
             keys.session_owner(session_id),
@@ -97,7 +97,7 @@ async def session_renew(
 ) -> bool:
     """Extend the session while ``channel`` owns it; False: another socket took it over."""
     reply = await SCRIPTS.call(
-        "renew_session",
+        "session_renew",
         keys=[
             keys.session_record(session_id),
             keys.session_owner(session_id),
@@ -122,7 +122,7 @@ async def session_result_put(
 ) -> bool:
     """Store a final result for the session, once; True if stored now."""
     reply = await SCRIPTS.call(
-        "put_result",
+        "session_result_put",
         keys=[keys.session_record(session_id), keys.session_outbox(session_id)],
         args=[job_id, frame_json],
         client=client,
@@ -147,7 +147,7 @@ async def session_result_take(
 ) -> str | None:
     """Take a waiting result frame; exactly one caller gets it, the others None."""
     reply = await SCRIPTS.call(
-        "take_result",
+        "session_result_take",
         keys=[keys.session_outbox(session_id)],
         args=[job_id],
         client=client,

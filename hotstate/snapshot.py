@@ -37,10 +37,6 @@ class NodeView:
     unavailable: Mapping[str, int] = field(default_factory=dict)
     updated_ms: int = 0
 
-    @property
-    def free(self) -> int:
-        return max(0, self.caps.max_jobs - self.live)
-
     @classmethod
     def registered(
         cls, *, node_id: str, channel: str, caps: NodeCaps, load: NodeLoad, drained: bool = False

@@ -23,7 +23,7 @@ TIMER_LEASE_MS = 10_000
 async def timer_arm(*, job_id: str, due_ms: int, client: RedisCluster | None = None) -> None:
     """Set the job's next check to ``due_ms`` (replacing any earlier one)."""
     await SCRIPTS.call(
-        "arm_timer",
+        "timer_arm",
         keys=[keys.timers_of(job_id)],
         args=[job_id, due_ms],
         client=client,
@@ -34,7 +34,7 @@ async def timer_arm(*, job_id: str, due_ms: int, client: RedisCluster | None = N
 async def timer_disarm(*, job_id: str, client: RedisCluster | None = None) -> bool:
     """Remove the job's timer; True if one was armed."""
     reply = await SCRIPTS.call(
-        "disarm_timer",
+        "timer_disarm",
         keys=[keys.timers_of(job_id)],
         args=[job_id],
         client=client,
@@ -59,7 +59,7 @@ async def timers_claim(
     replies = await asyncio.gather(
         *(
             SCRIPTS.call(
-                "claim_timers", keys=[shard], args=[now_ms, limit, lease_ms], client=cluster
+                "timers_claim", keys=[shard], args=[now_ms, limit, lease_ms], client=cluster
             )
             for shard in keys.timer_shards()
         )

@@ -14,8 +14,8 @@ from core.credentials import secret_display_prefix, secret_hash, secret_new
 from core.errors import BadMessage, Unauthorized
 from core.events import JobCancelEvent, event_send
 from core.runtime import INSTANCE_ID
+from hotstate import instances
 from hotstate import nodes as hnodes
-from hotstate import owners as howners
 from hotstate.client import build_client
 from hotstate.errors import DependencyDown
 from hotstate.nodes import NodeCaps, NodeLoad
@@ -244,7 +244,7 @@ async def node_job_cancel(*, node_id: str, frame: NodeJobCancel) -> None:
 
 async def directory_prune() -> None:
     """Drop long-offline nodes from the directory; one process at a time (leader lock)."""
-    if not await howners.leader_acquire(duty="directory_prune", token=INSTANCE_ID, ttl_ms=60_000):
+    if not await instances.leader_acquire(duty="directory_prune", token=INSTANCE_ID, ttl_ms=60_000):
         return
     removed = await hnodes.node_directory_prune(horizon_ms=PRUNE_HORIZON_MS)
     if removed:

@@ -11,7 +11,6 @@ from hotstate.mna import (
     MnaEvent,
     mna_ack,
     mna_debounce,
-    mna_dropped,
     mna_enqueue,
     mna_handle,
     mna_mark,
@@ -78,13 +77,13 @@ async def test_a_node_over_its_rate_limit_is_dropped_and_counted(hot: RedisClust
     ]
     assert [r.marked for r in results] == [True] * 5 + [False] * 3
     assert [r.dropped for r in results[5:]] == [1, 2, 3]
-    assert await mna_dropped(node_id="noisy", client=hot) == 3
+    assert await hot.get(keys.node_mna_dropped("noisy")) == "3"
     # Dropped reports left no mark; another node is not limited by the noisy one.
     assert await hot.zscore(keys.node_unavailable("noisy"), "svc7") is None
     quiet = await mna_mark(
         node_id="quiet", service_id="svc0", service_version=None, rate_limit=5, client=hot
     )
-    assert quiet.marked and await mna_dropped(node_id="quiet", client=hot) == 0
+    assert quiet.marked and await hot.get(keys.node_mna_dropped("quiet")) is None
 
 
 async def test_the_rate_window_resets(hot: RedisCluster) -> None:

@@ -167,7 +167,7 @@ async def test_a_prune_racing_a_re_registration_keeps_the_node_listed(hot: Redis
     await asyncio.sleep(0.02)
     await online_node(hot, "n1")  # enlists with a newer stamp
     reply = await SCRIPTS.call(
-        "prune_directory", keys=[directory], args=[0, "n1", seen], client=hot
+        "node_directory_prune", keys=[directory], args=[0, "n1", seen], client=hot
     )
     assert reply.number(0) == 0
     assert await hot.zscore(directory, "n1") is not None

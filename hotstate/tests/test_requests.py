@@ -9,7 +9,7 @@ from redis.asyncio.cluster import RedisCluster
 
 from conftest import delete_keys
 from hotstate import keys
-from hotstate.jobs import job_get, request_claim, request_release, request_takeover
+from hotstate.jobs import job_get, request_claim, request_release
 from hotstate.tests.workers import claimer_main
 
 
@@ -51,61 +51,6 @@ async def test_a_rejected_request_is_released_only_by_its_own_job(hot: RedisClus
         tenant="acme", request_id="r1", job_id="j2", lease_ms=60_000, client=hot
     )
     assert (retry.won, retry.job_id) == (True, "j2")
-
-
-async def test_takeover_needs_the_job_that_holds_the_binding(hot: RedisCluster) -> None:
-    await request_claim(tenant="acme", request_id="r1", job_id="j1", lease_ms=60_000, client=hot)
-    wrong = await request_takeover(
-        tenant="acme",
-        request_id="r1",
-        old_job_id="j0",
-        new_job_id="j2",
-        lease_ms=60_000,
-        client=hot,
-    )
-    assert (wrong.taken_over, wrong.job_id) == (False, "j1")
-    moved = await request_takeover(
-        tenant="acme",
-        request_id="r1",
-        old_job_id="j1",
-        new_job_id="j2",
-        lease_ms=60_000,
-        client=hot,
-    )
-    again = await request_takeover(
-        tenant="acme",
-        request_id="r1",
-        old_job_id="j1",
-        new_job_id="j2",
-        lease_ms=60_000,
-        client=hot,
-    )
-    assert (moved.taken_over, moved.job_id) == (True, "j2")
-    assert (again.taken_over, again.job_id) == (True, "j2")
-    retry = await request_claim(
-        tenant="acme", request_id="r1", job_id="j3", lease_ms=60_000, client=hot
-    )
-    assert retry.job_id == "j2"
-
-
-async def test_two_failovers_racing_move_the_binding_once(hot: RedisCluster) -> None:
-    await request_claim(tenant="acme", request_id="r1", job_id="j1", lease_ms=60_000, client=hot)
-    results = await asyncio.gather(
-        *(
-            request_takeover(
-                tenant="acme",
-                request_id="r1",
-                old_job_id="j1",
-                new_job_id=f"new{i}",
-                lease_ms=60_000,
-                client=hot,
-            )
-            for i in range(10)
-        )
-    )
-    winners = [r for r in results if r.taken_over]
-    assert len(winners) == 1
-    assert {r.job_id for r in results} == {winners[0].job_id}
 
 
 def test_one_request_claimed_from_several_processes_yields_one_job(

@@ -9,7 +9,7 @@ import time
 from redis.asyncio.cluster import RedisCluster
 
 from hotstate import keys, mna
-from hotstate.nodes import ReserveOutcome, node_drain, node_remove, slot_release, slot_renew
+from hotstate.nodes import ReserveOutcome, node_drain, node_remove, slot_release
 from hotstate.nodes import slot_reserve as reserve
 from hotstate.tests.helpers import online_node
 from hotstate.tests.workers import reserver_main
@@ -134,18 +134,6 @@ async def test_a_reservation_never_released_frees_its_slot_after_its_ttl(
     healed = await reserve(node_id="n1", job_id="j2", service_id="asr", client=hot)
     assert (healed.outcome, healed.live) == (ReserveOutcome.RESERVED, 1)
     assert await hot.zrange(keys.node_reservations("n1"), 0, -1) == ["j2"]
-
-
-async def test_renewal_keeps_a_running_job_slot_but_not_a_released_one(
-    hot: RedisCluster,
-) -> None:
-    await online_node(hot, "n1", max_jobs=2)
-    await reserve(node_id="n1", job_id="run", service_id="asr", ttl_ms=200, client=hot)
-    await reserve(node_id="n1", job_id="done", service_id="asr", ttl_ms=200, client=hot)
-    await slot_release(node_id="n1", job_id="done", client=hot)
-    assert await slot_renew(node_id="n1", job_ids=["run", "done"], ttl_ms=5000, client=hot) == 1
-    await asyncio.sleep(0.25)
-    assert await hot.zrange(keys.node_reservations("n1"), 0, -1) == ["run"]
 
 
 def test_no_oversell_across_processes_and_tasks(redis_cluster_url: str, unique_tag: str) -> None:

@@ -13,7 +13,7 @@ import pytest
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
-from hotstate import jobs, mna, nodes, owners, sessions, timers
+from hotstate import instances, jobs, mna, nodes, sessions, timers
 from hotstate.jobs import JobState
 from hotstate.scripts import SCRIPTS, ScriptRegistry
 from hotstate.snapshot import node_snapshot_read
@@ -47,34 +47,20 @@ async def tour(client: RedisCluster) -> None:
     await nodes.slot_reserve(
         node_id=NODE, job_id=JOB, service_id="asr", service_version="v1", client=client
     )
-    await nodes.slot_renew(node_id=NODE, job_ids=[JOB], client=client)
     await jobs.job_transition(
         job_id=JOB, attempt=1, to=JobState.DISPATCHED, node_id=NODE, client=client
     )
     await jobs.job_subscribe(job_id=JOB, tenant=TENANT, session_id="other", client=client)
     await nodes.slot_release(node_id=NODE, job_id=JOB, client=client)
-    await jobs.request_takeover(
-        tenant=TENANT, request_id=REQUEST, old_job_id=JOB, new_job_id="job2", lease_ms=60_000,
-        client=client,
-    )  # fmt: skip
-    await jobs.request_release(tenant=TENANT, request_id=REQUEST, job_id="job2", client=client)
+    await jobs.request_release(tenant=TENANT, request_id=REQUEST, job_id=JOB, client=client)
     entry = await mna.mna_enqueue(
         node_id=NODE, service_id="asr", service_version="v1", reason="x", client=client
     )
     await mna.mna_handle(
         event=mna.MnaEvent(0, entry, NODE, "asr@x", "v1", "x", None, None), client=client
     )
-    for kind in owners.OwnerKind:
-        entity = NODE if kind is owners.OwnerKind.NODE else SESSION
-        await owners.owner_set(kind=kind, entity_id=entity, channel="c", ttl_ms=1000, client=client)
-        await owners.owner_renew(
-            kind=kind, entity_id=entity, channel="c", ttl_ms=1000, client=client
-        )
-        await owners.owner_clear(kind=kind, entity_id=entity, channel="c", client=client)
-    await owners.instance_register(instance_id="inst:{1}", ttl_ms=1000, client=client)
-    await owners.leader_acquire(duty="du:{t}", token="t", ttl_ms=1000, client=client)
-    await owners.leader_renew(duty="du:{t}", token="t", ttl_ms=1000, client=client)
-    await owners.leader_release(duty="du:{t}", token="t", client=client)
+    await instances.instance_register(instance_id="inst:{1}", ttl_ms=1000, client=client)
+    await instances.leader_acquire(duty="du:{t}", token="t", ttl_ms=1000, client=client)
     await timers.timer_arm(job_id=JOB, due_ms=1, client=client)
     await timers.timers_claim(now_ms=2, limit=5, client=client)
     await timers.timer_disarm(job_id=JOB, client=client)

@@ -21,13 +21,7 @@ async def test_snapshot_reads_every_online_node_across_directory_shards(
     views = {view.node_id: view for view in await node_snapshot_read(client=hot)}
     assert set(views) == set(node_ids)
     view = views["n7"]
-    assert (view.channel, view.caps.max_jobs, view.drained, view.live, view.free) == (
-        "chan-n7",
-        3,
-        False,
-        0,
-        3,
-    )
+    assert (view.channel, view.caps.max_jobs, view.drained, view.live) == ("chan-n7", 3, False, 0)
     assert view.caps.services == {"asr": ("v1", "v2")} and view.caps.features == {"gpu"}
     assert view.load == NodeLoad(cpu_pct=10.0, mem_pct=20.0, gpu_pct=None)
 
@@ -48,7 +42,7 @@ async def test_snapshot_shows_load_reservations_drain_and_marks(hot: RedisCluste
     await node_drain(node_id="n1", client=hot)
     (view,) = await node_snapshot_read(client=hot)
     assert view.load == NodeLoad(cpu_pct=55.5, mem_pct=70.0, gpu_pct=90.0)
-    assert (view.live, view.free, view.drained) == (2, 2, True)
+    assert (view.live, view.drained) == (2, True)
     assert set(view.unavailable) == {"asr@v2"}
 
 
@@ -67,4 +61,4 @@ def test_a_registered_view_starts_with_no_load_on_its_slots() -> None:
     view = NodeView.registered(
         node_id="n1", channel="c", caps=caps(2), load=NodeLoad(cpu_pct=1, mem_pct=2)
     )
-    assert (view.live, view.free, view.unavailable, view.drained) == (0, 2, {}, False)
+    assert (view.live, view.unavailable, view.drained) == (0, {}, False)

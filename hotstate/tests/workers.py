@@ -48,10 +48,8 @@ async def _reserver(
 ) -> dict[str, Any]:
     from hotstate.client import build_client
     from hotstate.nodes import ReserveOutcome, slot_release, slot_reserve
-    from hotstate.scripts import scripts_load
 
     client = build_client(url)
-    await scripts_load(client=client)
     held: dict[str, set[str]] = {node_id: set() for node_id in node_ids}
     tally = {"reserved": 0, "full": 0, "over": 0}
     rng = random.Random(index)
@@ -111,10 +109,8 @@ async def _claimer(
     """Each task claims the same request with its own candidate job id, then creates the job."""
     from hotstate.client import build_client
     from hotstate.jobs import job_create, request_claim
-    from hotstate.scripts import scripts_load
 
     client = build_client(url)
-    await scripts_load(client=client)
 
     async def attempt(number: int) -> tuple[str, bool, str]:
         candidate = f"job-p{index}-t{number}"
