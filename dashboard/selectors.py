@@ -10,9 +10,9 @@ from django.db.models import Count
 from django.utils import timezone
 
 from core.runtime import instance_heartbeat, runtime_get
+from hotstate.directory import node_directory_read
 from hotstate.errors import DependencyDown
 from hotstate.health import cluster_health
-from hotstate.snapshot import node_snapshot_read
 from jobs.models import JobRecord
 
 
@@ -67,7 +67,7 @@ class NodeRow:
 async def dashboard_overview() -> dict[str, object]:
     """What the operator page shows: online nodes (read now) and recent job history."""
     try:
-        views = await node_snapshot_read()
+        views = await node_directory_read()
         nodes_error = ""
     except DependencyDown as exc:
         views, nodes_error = [], str(exc)

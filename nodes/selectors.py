@@ -9,8 +9,8 @@ from collections.abc import Collection
 
 from django.conf import settings
 
+from hotstate.directory import NodeView
 from hotstate.nodes import service_mark
-from hotstate.snapshot import NodeView
 from nodes.snapshot import NodeSnapshot
 
 logger = logging.getLogger(__name__)

@@ -17,9 +17,9 @@ from core.runtime import INSTANCE_ID
 from hotstate import instances
 from hotstate import nodes as hnodes
 from hotstate.client import build_client
+from hotstate.directory import NodeView
 from hotstate.errors import DependencyDown
 from hotstate.nodes import NodeCaps, NodeLoad
-from hotstate.snapshot import NodeView
 from nodes.models import Node
 from nodes.snapshot import snapshot_get
 from protocol import NodeHeartbeat, NodeJobCancel, NodeRegister, Resources, ServiceRef, dump

@@ -16,9 +16,9 @@ from channels.db import database_sync_to_async
 
 from core.errors import UnknownService
 from core.state import STATE
-from hotstate import snapshot as hsnapshot
+from hotstate import directory as hdirectory
+from hotstate.directory import NodeView
 from hotstate.nodes import ReserveOutcome
-from hotstate.snapshot import NodeView
 from nodes.models import Node
 
 logger = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ class NodeSnapshot:
 
     async def refresh(self) -> None:
         self.noted = {}
-        views = await hsnapshot.node_snapshot_read()
+        views = await hdirectory.node_directory_read()
         nodes = {view.node_id: view for view in views}
         for node_id, noted in self.noted.items():
             if noted is None:

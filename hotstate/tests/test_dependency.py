@@ -9,10 +9,10 @@ from collections.abc import Iterator
 import pytest
 
 from hotstate.client import build_client
+from hotstate.directory import node_directory_read
 from hotstate.errors import DependencyDown
 from hotstate.jobs import job_get, request_claim
 from hotstate.nodes import slot_reserve
-from hotstate.snapshot import node_snapshot_read
 from hotstate.tests.conftest import free_port
 
 
@@ -31,7 +31,7 @@ async def test_a_dead_cluster_raises_dependency_down_at_once() -> None:
     with pytest.raises(DependencyDown, match="request_claim"):
         await request_claim(tenant="a", request_id="r", job_id="j", lease_ms=1000, client=client)
     with pytest.raises(DependencyDown):
-        await node_snapshot_read(client=client)
+        await node_directory_read(client=client)
     assert time.monotonic() - started < 3.0
     await client.aclose()
 

@@ -14,9 +14,9 @@ from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
 from hotstate import instances, jobs, mna, nodes, sessions, timers
+from hotstate.directory import node_directory_read
 from hotstate.jobs import JobState
 from hotstate.scripts import SCRIPTS, ScriptRegistry
-from hotstate.snapshot import node_snapshot_read
 from hotstate.tests.helpers import LOAD, caps
 
 # Ids that would end or nest a hash tag, or collide across parts, if keys did not escape them.
@@ -78,7 +78,7 @@ async def tour(client: RedisCluster) -> None:
     )
     await nodes.node_remove(node_id=NODE, channel="c1", client=client)
     await nodes.node_directory_prune(horizon_ms=0, client=client)
-    await node_snapshot_read(client=client)
+    await node_directory_read(client=client)
 
 
 async def test_every_call_of_every_script_keeps_its_keys_in_one_slot(

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
+from hotstate import directory as hdirectory
 from hotstate import jobs as hjobs
-from hotstate import snapshot as hsnapshot
 from hotstate.jobs import JobState
 from nodes.snapshot import snapshot_get
 from tests.inprocess import (
@@ -32,7 +32,7 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("
 
 
 async def marks_of(node_id: str) -> dict[str, int]:
-    for view in await hsnapshot.node_snapshot_read():
+    for view in await hdirectory.node_directory_read():
         if view.node_id == node_id:
             return dict(view.unavailable)
     return {}
@@ -473,17 +473,17 @@ async def test_a_node_registered_while_the_snapshot_refreshes_is_schedulable_at_
     must survive the refresh (PROTOCOL.md: schedulable from this instance from now on)."""
     from nodes import snapshot
 
-    real_read = hsnapshot.node_snapshot_read
+    real_read = hdirectory.node_directory_read
     read_done, release = asyncio.Event(), asyncio.Event()
 
-    async def read_then_wait(**kwargs: Any) -> list[hsnapshot.NodeView]:
+    async def read_then_wait(**kwargs: Any) -> list[hdirectory.NodeView]:
         views = await real_read(**kwargs)
         if asyncio.current_task() is refresh:  # not the refresh duty's own rounds
             read_done.set()
             await release.wait()
         return views
 
-    monkeypatch.setattr(snapshot.hsnapshot, "node_snapshot_read", read_then_wait)
+    monkeypatch.setattr(snapshot.hdirectory, "node_directory_read", read_then_wait)
     refresh = asyncio.ensure_future(snapshot.snapshot_get().refresh())
     await asyncio.wait_for(read_done.wait(), 3)
     node_id, _ = await online_node("mid-refresh")

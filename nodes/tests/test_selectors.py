@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
+from hotstate.directory import NodeView
 from hotstate.nodes import NodeCaps, NodeLoad
-from hotstate.snapshot import NodeView
 from nodes.selectors import node_candidates
 from nodes.snapshot import NodeSnapshot
 

@@ -1,9 +1,9 @@
-"""The node snapshot read: every online node's capabilities, load and reservations, in bulk.
+"""The node directory read: every online node's capabilities, load and reservations, in bulk.
 
-Each instance refreshes its in-memory snapshot from this about once a second, so it is built
-for many nodes: two pipelined passes, each grouped per cluster node by redis-py's cluster
-pipeline and sent to the primaries in parallel. Selection ranks from it; it may be stale, and
-``slot_reserve`` stays the authority.
+Each instance refreshes its in-memory node snapshot (``nodes.snapshot``) from this about once a
+second, so it is built for many nodes: two pipelined passes, each grouped per cluster node by
+redis-py's cluster pipeline and sent to the primaries in parallel. Selection ranks from it; it
+may be stale, and ``slot_reserve`` stays the authority.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def _number(value: str | None) -> float | None:
     return float(value) if value else None
 
 
-async def node_snapshot_read(*, client: RedisCluster | None = None) -> list[NodeView]:
+async def node_directory_read(*, client: RedisCluster | None = None) -> list[NodeView]:
     """Read every online node.
 
     1. List the directory shards (one pipeline).
@@ -69,7 +69,7 @@ async def node_snapshot_read(*, client: RedisCluster | None = None) -> list[Node
     pipe = cluster.pipeline(transaction=False)
     for directory in keys.node_directories():
         pipe.zrange(directory, 0, -1)
-    listings: list[list[str]] = await bounded("node_snapshot_read", cluster, pipe.execute())
+    listings: list[list[str]] = await bounded("node_directory_read", cluster, pipe.execute())
     node_ids = sorted({node_id for listing in listings for node_id in listing})
     if not node_ids:
         return []
@@ -80,7 +80,7 @@ async def node_snapshot_read(*, client: RedisCluster | None = None) -> list[Node
         pipe.hgetall(keys.node_caps(node_id))
         pipe.zcount(keys.node_reservations(node_id), f"({now_ms}", "+inf")
         pipe.zrangebyscore(keys.node_unavailable(node_id), f"({now_ms}", "+inf", withscores=True)
-    replies = await bounded("node_snapshot_read", cluster, pipe.execute())
+    replies = await bounded("node_directory_read", cluster, pipe.execute())
     views = []
     for index, node_id in enumerate(node_ids):
         channel, caps, live, marks = replies[4 * index : 4 * index + 4]
