@@ -60,7 +60,7 @@ async def _worker(
     from hotstate.client import build_client
     from hotstate.jobs import JobState, job_create, job_transition, request_claim
     from hotstate.keys import job_record, job_subscribers, node_slot_keys, request_binding
-    from hotstate.nodes import slot_reserve
+    from hotstate.slots import slot_reserve
 
     client = build_client(url)
     noop_sha = await client.script_load(NOOP.read_text())

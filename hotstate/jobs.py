@@ -1,7 +1,7 @@
 """Request bindings and job records: claim, create, transition, subscribe, read.
 
 The scheduling path calls, in order: ``request_claim`` (request slot), ``job_create`` (job slot),
-then ``slot_reserve`` (node slot, :mod:`hotstate.nodes`) and ``job_transition(to=DISPATCHED)``.
+then ``slot_reserve`` (node slot, :mod:`hotstate.slots`) and ``job_transition(to=DISPATCHED)``.
 Each is one atomic script; each is safe to repeat after a ``DependencyDown``.
 """
 

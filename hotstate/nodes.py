@@ -1,11 +1,9 @@
-"""Node presence, capabilities, load and slots.
+"""Node presence, capabilities and load (a node's slots are in ``hotstate.slots``).
 
 A node is online while its presence key exists (TTL = 3 heartbeat intervals). Its capabilities
 are flat hash fields (``max_jobs``, ``node_version``, ``region``, ``svc:<id>`` = comma-joined
 versions, ``feat:<name>`` = ``1``) plus ``drained``, the load fields and ``updated_ms``; a digest
-of the capability fields lets an unchanged heartbeat skip rewriting them. Its slots are a sorted
-set of job id -> expiry (the node primary's clock); ``slot_reserve`` is the authority on
-capacity.
+of the capability fields lets an unchanged heartbeat skip rewriting them.
 """
 
 from __future__ import annotations
@@ -40,6 +38,7 @@ def caps_ttl_ms() -> int:
 
 
 def reservation_ttl_ms() -> int:
+    """How long a reservation lives unless the node's heartbeats renew it (``hotstate.slots``)."""
     return int(settings.RESERVATION_TTL * 1000)
 
 
@@ -339,83 +338,3 @@ async def node_directory_prune(*, horizon_ms: int, client: RedisCluster | None =
         )
         removed += reply.number(0)
     return removed
-
-
-# --- slots --------------------------------------------------------------------------------------
-
-
-class ReserveOutcome(StrEnum):
-    RESERVED = "RESERVED"
-    HELD = "HELD"  # the job already held a slot here (a repeat): still reserved
-    NOT_PRESENT = "NOT_PRESENT"
-    DRAINED = "DRAINED"
-    NOT_SERVED = "NOT_SERVED"
-    UNAVAILABLE = "UNAVAILABLE"
-    FULL = "FULL"
-
-
-@dataclass(frozen=True, slots=True)
-class Reservation:
-    """``ok``: the job holds a slot on the node; ``live``: the node's live reservations."""
-
-    outcome: ReserveOutcome
-    live: int
-
-    @property
-    def ok(self) -> bool:
-        return self.outcome in (ReserveOutcome.RESERVED, ReserveOutcome.HELD)
-
-
-async def slot_reserve(
-    *,
-    node_id: str,
-    job_id: str,
-    service_id: str | None,
-    service_version: str | None = None,
-    ttl_ms: int | None = None,
-    client: RedisCluster | None = None,
-) -> Reservation:
-    """Reserve one slot on the node for ``job_id`` (idempotent by job id).
-
-    Refused unless the node is present, not drained, offers ``service_id`` (checked when given)
-    and is not marked unavailable for it (``id`` or ``id@version``), and its live reservations
-    are below ``max_jobs``. The slot frees itself after ``ttl_ms`` (default RESERVATION_TTL)
-    unless the node's heartbeats renew it.
-    """
-    mark_version = service_mark(service_id, service_version) if service_id else ""
-    reply = await SCRIPTS.call(
-        "slot_reserve",
-        keys=keys.node_slot_keys(node_id),
-        args=[
-            job_id,
-            ttl_ms or reservation_ttl_ms(),
-            service_field(service_id) if service_id else "",
-            service_id or "",
-            mark_version if service_version is not None else "",
-        ],
-        client=client,
-        subject=node_id,
-    )
-    return Reservation(ReserveOutcome(reply.code), reply.number(0))
-
-
-@dataclass(frozen=True, slots=True)
-class SlotRelease:
-    """``released``: this call freed the job's slot; ``live``: the node's live reservations."""
-
-    released: bool
-    live: int
-
-
-async def slot_release(
-    *, node_id: str, job_id: str, client: RedisCluster | None = None
-) -> SlotRelease:
-    """Free ``job_id``'s slot on the node; repeating it frees nothing more."""
-    reply = await SCRIPTS.call(
-        "slot_release",
-        keys=[keys.node_reservations(node_id)],
-        args=[job_id],
-        client=client,
-        subject=node_id,
-    )
-    return SlotRelease(reply.code is Code.RELEASED, reply.number(0))

@@ -18,7 +18,7 @@ from core.errors import UnknownService
 from core.state import STATE
 from hotstate import directory as hdirectory
 from hotstate.directory import NodeView
-from hotstate.nodes import ReserveOutcome
+from hotstate.slots import ReserveOutcome
 from nodes.models import Node
 
 logger = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ from hotstate.client import build_client
 from hotstate.directory import node_directory_read
 from hotstate.errors import DependencyDown
 from hotstate.jobs import job_get, request_claim
-from hotstate.nodes import slot_reserve
+from hotstate.slots import slot_reserve
 from hotstate.tests.conftest import free_port
 
 

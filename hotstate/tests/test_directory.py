@@ -7,7 +7,8 @@ from redis.asyncio.cluster import RedisCluster
 from hotstate import keys
 from hotstate.directory import NodeView, node_directory_read
 from hotstate.mna import mna_mark
-from hotstate.nodes import NodeLoad, node_drain, node_publish, node_remove, slot_reserve
+from hotstate.nodes import NodeLoad, node_drain, node_publish, node_remove
+from hotstate.slots import slot_reserve
 from hotstate.tests.helpers import caps, online_node
 
 

@@ -16,7 +16,7 @@ from hotstate.mna import (
     mna_mark,
     mna_read,
 )
-from hotstate.nodes import ReserveOutcome, slot_reserve
+from hotstate.slots import ReserveOutcome, slot_reserve
 from hotstate.tests.helpers import online_node
 
 

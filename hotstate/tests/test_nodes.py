@@ -20,8 +20,8 @@ from hotstate.nodes import (
     node_publish,
     node_remove,
     presence_ttl_ms,
-    slot_reserve,
 )
+from hotstate.slots import slot_reserve
 from hotstate.tests.helpers import LOAD, caps, online_node
 
 

@@ -9,8 +9,9 @@ import time
 from redis.asyncio.cluster import RedisCluster
 
 from hotstate import keys, mna
-from hotstate.nodes import ReserveOutcome, node_drain, node_remove, slot_release
-from hotstate.nodes import slot_reserve as reserve
+from hotstate.nodes import node_drain, node_remove
+from hotstate.slots import ReserveOutcome, slot_release
+from hotstate.slots import slot_reserve as reserve
 from hotstate.tests.helpers import online_node
 from hotstate.tests.workers import reserver_main
 

@@ -13,7 +13,7 @@ import pytest
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
-from hotstate import instances, jobs, mna, nodes, sessions, timers
+from hotstate import instances, jobs, mna, nodes, sessions, slots, timers
 from hotstate.directory import node_directory_read
 from hotstate.jobs import JobState
 from hotstate.scripts import SCRIPTS, ScriptRegistry
@@ -44,14 +44,14 @@ async def tour(client: RedisCluster) -> None:
         job_id=JOB, tenant=TENANT, request_id=REQUEST, session_id=SESSION, service_id="asr",
         service_version="v1", features=[], payload_json="{}", timeout_ms=1000, client=client,
     )  # fmt: skip
-    await nodes.slot_reserve(
+    await slots.slot_reserve(
         node_id=NODE, job_id=JOB, service_id="asr", service_version="v1", client=client
     )
     await jobs.job_transition(
         job_id=JOB, attempt=1, to=JobState.DISPATCHED, node_id=NODE, client=client
     )
     await jobs.job_subscribe(job_id=JOB, tenant=TENANT, session_id="other", client=client)
-    await nodes.slot_release(node_id=NODE, job_id=JOB, client=client)
+    await slots.slot_release(node_id=NODE, job_id=JOB, client=client)
     await jobs.request_release(tenant=TENANT, request_id=REQUEST, job_id=JOB, client=client)
     entry = await mna.mna_enqueue(
         node_id=NODE, service_id="asr", service_version="v1", reason="x", client=client

@@ -47,7 +47,7 @@ async def _reserver(
     rounds: int,
 ) -> dict[str, Any]:
     from hotstate.client import build_client
-    from hotstate.nodes import ReserveOutcome, slot_release, slot_reserve
+    from hotstate.slots import ReserveOutcome, slot_release, slot_reserve
 
     client = build_client(url)
     held: dict[str, set[str]] = {node_id: set() for node_id in node_ids}

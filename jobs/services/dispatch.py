@@ -14,6 +14,7 @@ from core.runtime import now_ms
 from hotstate import codes as hcodes
 from hotstate import jobs as hjobs
 from hotstate import nodes as hnodes
+from hotstate import slots as hslots
 from hotstate import timers as htimers
 from hotstate.jobs import JobState, JobView
 from jobs.selectors import route_forget
@@ -49,7 +50,7 @@ async def job_dispatch(*, job: JobView, exclude: Collection[str]) -> str | None:
         exclude=exclude,
     )
     for node in candidates[:MAX_RESERVE_TRIES]:
-        reservation = await hnodes.slot_reserve(
+        reservation = await hslots.slot_reserve(
             node_id=node.node_id,
             job_id=job.job_id,
             service_id=job.service_id,
@@ -69,7 +70,7 @@ async def job_dispatch(*, job: JobView, exclude: Collection[str]) -> str | None:
             )
         except hcodes.Refused:
             # Cancelled, timed out or placed by another instance first: give the slot back.
-            await hnodes.slot_release(node_id=node.node_id, job_id=job.job_id)
+            await hslots.slot_release(node_id=node.node_id, job_id=job.job_id)
             return None
         frame = JobAssign(
             job_id=job.job_id,
@@ -147,7 +148,7 @@ async def job_failover(*, job: JobView, code: ErrorCode, reason: str) -> None:
         transition.attempt,
     )
     if job.node_id:
-        await hnodes.slot_release(node_id=job.node_id, job_id=job.job_id)
+        await hslots.slot_release(node_id=job.node_id, job_id=job.job_id)
         cancel = NodeJobCancel(job_id=job.job_id, attempt=job.attempt, reason=ErrorCode.NODE_LOST)
         await node_job_cancel(node_id=job.node_id, frame=cancel)
     route_forget(job_id=job.job_id)

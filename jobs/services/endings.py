@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from core.errors import JobNotFound
 from hotstate import codes as hcodes
 from hotstate import jobs as hjobs
-from hotstate import nodes as hnodes
+from hotstate import slots as hslots
 from hotstate import timers as htimers
 from hotstate.jobs import JobState, JobView
 from jobs.history import history_record
@@ -27,7 +27,7 @@ UNFINISHED = (JobState.CREATED, JobState.DISPATCHED, JobState.ACCEPTED, JobState
 async def job_ended(*, job_id: str, node_id: str | None, subscribers: Sequence[str]) -> None:
     """Follow-up of the one transition that ended the job: free the slot, deliver, record."""
     if node_id:
-        released = await hnodes.slot_release(node_id=node_id, job_id=job_id)
+        released = await hslots.slot_release(node_id=node_id, job_id=job_id)
         snapshot_get().note_released(node_id, live=released.live)
     await htimers.timer_disarm(job_id=job_id)
     job = await hjobs.job_get(job_id=job_id)

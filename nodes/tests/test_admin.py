@@ -10,6 +10,7 @@ from django.contrib.auth.models import User
 
 from conftest import delete_keys
 from hotstate import nodes as hnodes
+from hotstate import slots as hslots
 from hotstate.client import build_client
 from hotstate.nodes import NodeCaps, NodeLoad
 from nodes.models import Node
@@ -86,10 +87,10 @@ async def _publish(url: str, node_id: str) -> None:
         await client.aclose()
 
 
-async def _reserve(url: str, node_id: str, job_id: str) -> hnodes.ReserveOutcome:
+async def _reserve(url: str, node_id: str, job_id: str) -> hslots.ReserveOutcome:
     client = build_client(url)
     try:
-        reservation = await hnodes.slot_reserve(
+        reservation = await hslots.slot_reserve(
             node_id=node_id, job_id=job_id, service_id="asr", client=client
         )
     finally:
@@ -118,10 +119,10 @@ def test_the_drain_action_stops_jobs_to_an_online_node_at_once(
         node.refresh_from_db()
         assert node.drained
         reserved = async_to_sync(_reserve)(url, node.node_id, "j_1")
-        assert reserved is hnodes.ReserveOutcome.DRAINED
+        assert reserved is hslots.ReserveOutcome.DRAINED
         staff_client.post(
             "/admin/nodes/node/", {"action": "undrain", "_selected_action": [node.pk]}
         )
-        assert async_to_sync(_reserve)(url, node.node_id, "j_2") is hnodes.ReserveOutcome.RESERVED
+        assert async_to_sync(_reserve)(url, node.node_id, "j_2") is hslots.ReserveOutcome.RESERVED
     finally:
         async_to_sync(_cleanup)(url, settings.HOTSTATE_PREFIX)
