@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,8 @@ from redis.asyncio.cluster import RedisCluster
 
 from hotstate.client import build_client
 from hotstate.localcluster import from_environment
+from tests.support.keys import delete_keys, delete_keys_sync
+from tests.support.ports import free_port
 
 ROOT = Path(__file__).resolve().parent
 
@@ -41,12 +42,6 @@ async def redis(redis_cluster_url: str, settings) -> AsyncIterator[RedisCluster]
 def unique_tag() -> str:
     """A random suffix so each test's keys are its own and never collide with another run."""
     return f"t{secrets.token_hex(6)}"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -120,21 +115,36 @@ def daphne_factory(tmp_path: Path, redis_cluster_url: str) -> Iterator[object]:
         stop_daphne(server)
 
 
-async def delete_keys(client: RedisCluster, prefix: str) -> int:
-    """Delete every key under ``prefix`` (SCAN on every primary); only this test's keys."""
-    deleted = 0
-    async for key in client.scan_iter(match=f"{prefix}:*", count=1000):
-        deleted += await client.delete(key)
-    return deleted
+@pytest.fixture
+async def hot(redis: RedisCluster, settings, unique_tag: str) -> AsyncIterator[RedisCluster]:
+    """The cluster client, with ``HOTSTATE_PREFIX`` set to a prefix of this test's own.
+
+    Every key the test touches is its own, including the sharded keys that production shares
+    (directory shards, MNA streams); the keys under the prefix are deleted after the test.
+    """
+    prefix = f"test-{unique_tag}"
+    settings.HOTSTATE_PREFIX = prefix
+    yield redis
+    await delete_keys(redis, prefix)
 
 
 @pytest.fixture
-async def scheduler(redis: RedisCluster, settings, unique_tag: str) -> AsyncIterator[object]:
+def hot_prefix(redis_cluster_url: str, settings, unique_tag: str) -> Iterator[str]:
+    """``hot`` for a test that is not async (it spawns processes, or drives hypothesis or
+    Django's test client): the prefix, set as ``HOTSTATE_PREFIX``; its keys are deleted after."""
+    prefix = f"test-{unique_tag}"
+    settings.HOTSTATE_PREFIX = prefix
+    yield prefix
+    delete_keys_sync(redis_cluster_url, prefix)
+
+
+@pytest.fixture
+async def scheduler(hot: RedisCluster, settings) -> AsyncIterator[object]:
     """A scheduler process of this test's own, in this test's loop.
 
-    Its hot state lives under a key prefix of its own (so no other test or running server sees
+    Its hot state lives under the key prefix of ``hot`` (so no other test or running server sees
     its nodes), its node snapshot starts empty, its channel layer is in-memory, and its
-    background duties are stopped and its keys deleted afterwards.
+    background duties are stopped afterwards, before ``hot`` deletes its keys.
     """
     from channels.layers import channel_layers
 
@@ -143,8 +153,6 @@ async def scheduler(redis: RedisCluster, settings, unique_tag: str) -> AsyncIter
     from hotstate.client import close_client
     from tests.inprocess import close_peers
 
-    prefix = f"test-{unique_tag}"
-    settings.HOTSTATE_PREFIX = prefix
     settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
     channel_layers.backends.clear()
     STATE.reset()
@@ -157,4 +165,3 @@ async def scheduler(redis: RedisCluster, settings, unique_tag: str) -> AsyncIter
     await close_client()
     STATE.reset()
     channel_layers.backends.clear()
-    await delete_keys(redis, prefix)

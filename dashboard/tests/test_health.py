@@ -8,8 +8,8 @@ import urllib.request
 
 import pytest
 
-from conftest import free_port
 from hotstate.client import close_client
+from tests.support.ports import free_port
 
 
 def _get(url: str) -> tuple[int, dict]:

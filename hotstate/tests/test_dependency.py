@@ -13,7 +13,7 @@ from hotstate.errors import DependencyDown
 from hotstate.jobs import job_get, request_claim
 from hotstate.nodes import slot_reserve
 from hotstate.snapshot import node_snapshot_read
-from hotstate.tests.conftest import free_port
+from tests.support.ports import free_port
 
 
 @pytest.fixture

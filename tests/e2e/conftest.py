@@ -29,13 +29,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from redis.cluster import RedisCluster
 
 from conftest import ROOT, DaphneProcess, start_daphne, stop_daphne
 from protocol import Resources
 from scheduler_sdk import NodeAgent
 from scheduler_sdk.backoff import Backoff
 from tests.e2e.peers import RawPeer
+from tests.support.keys import delete_keys_sync
 
 MANAGE_TIMEOUT_S = 60
 # Variables that would send the simulator's or a client's traffic through a proxy: the e2e
@@ -142,20 +142,6 @@ def e2e_template_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return db
 
 
-def delete_hot_state(redis_cluster_url: str, prefix: str) -> int:
-    """Delete every key under ``prefix`` on every primary (only this module's keys)."""
-    client = RedisCluster.from_url(
-        redis_cluster_url, decode_responses=True, socket_connect_timeout=2, socket_timeout=5
-    )
-    try:
-        deleted = 0
-        for key in client.scan_iter(match=f"{prefix}:*", count=1000):
-            deleted += client.delete(key)
-        return deleted
-    finally:
-        client.close()
-
-
 @pytest.fixture(scope="module")
 def e2e_system(
     request: pytest.FixtureRequest,
@@ -189,7 +175,7 @@ def e2e_system(
         yield System(daphne=daphne, env=env, prefix=prefix)
     finally:
         stop_daphne(daphne)
-        delete_hot_state(redis_cluster_url, prefix)
+        delete_keys_sync(redis_cluster_url, prefix)
 
 
 class Peers:

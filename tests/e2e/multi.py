@@ -48,6 +48,7 @@ from conftest import ROOT, free_port
 from protocol import Resources
 from scheduler_sdk import Job, NodeAgent, SessionClient
 from scheduler_sdk.backoff import Backoff
+from tests.support.keys import delete_keys_sync
 
 Frame = dict[str, Any]
 
@@ -364,22 +365,7 @@ class Deployment:
             if instance.wait_exit(STOP_TIMEOUT_S) is None:
                 instance.process.kill()
                 instance.process.wait()
-        return delete_prefixes(self.redis_url, self.hot_prefix, self.layer_prefix)
-
-
-def delete_prefixes(redis_url: str, *prefixes: str) -> int:
-    """SCAN + DEL every key under each prefix, on every primary."""
-    client = RedisCluster.from_url(
-        redis_url, decode_responses=True, socket_connect_timeout=2, socket_timeout=5
-    )
-    try:
-        deleted = 0
-        for prefix in prefixes:
-            for key in client.scan_iter(match=f"{prefix}:*", count=1000):
-                deleted += client.delete(key)
-        return deleted
-    finally:
-        client.close()
+        return delete_keys_sync(self.redis_url, self.hot_prefix, self.layer_prefix)
 
 
 def inbox_entries_added(redis_url: str, layer_prefix: str) -> dict[str, int]:
