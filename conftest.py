@@ -151,7 +151,7 @@ async def scheduler(hot: RedisCluster, settings) -> AsyncIterator[object]:
     from core.runtime import runtime_get, runtime_peek
     from core.state import STATE
     from hotstate.client import close_client
-    from tests.inprocess import close_peers
+    from tests.support.inprocess import close_peers
 
     settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
     channel_layers.backends.clear()
