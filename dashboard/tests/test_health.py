@@ -17,6 +17,7 @@ async def test_healthz_answers_with_or_without_slash(async_client, path: str) ->
 
 
 @pytest.mark.parametrize("path", ["/readyz", "/readyz/"])
+@pytest.mark.usefixtures("scheduler")  # readiness registers the instance: under its own prefix
 async def test_readyz_is_ready_when_the_cluster_serves_every_slot(
     async_client, settings, redis_cluster_url: str, path: str
 ) -> None:
