@@ -102,9 +102,8 @@ async def test_a_repeated_request_id_yields_one_job_and_one_dispatch(
     first = await peers.session(e2e_system, api_key)
     second = await peers.session(e2e_system, api_key)
 
-    await first.submit("same", service, {"v": 1})
-    accepted = await first.reply("same")
-    assert accepted["type"] == "job_accepted" and accepted["node_id"] == node.node_id, accepted
+    accepted = await first.submit_accepted("same", service, {"v": 1})
+    assert accepted["node_id"] == node.node_id, accepted
     job_id = accepted["job_id"]
     assign = await node.expect("job_assign", job_id=job_id)
     await node.report("job_ack", job_id, assign["attempt"])
@@ -143,9 +142,7 @@ async def test_a_request_repeated_over_http_joins_the_same_job(
     (token,) = e2e_system.node_tokens(1)
     node = await peers.node(e2e_system, token, [service])
     session = await peers.session(e2e_system, api_key)
-    await session.submit("both-ways", service, {"v": 1})
-    accepted = await session.reply("both-ways")
-    assert accepted["type"] == "job_accepted", accepted
+    accepted = await session.submit_accepted("both-ways", service, {"v": 1})
     job_id = accepted["job_id"]
     assign = await node.expect("job_assign", job_id=job_id)
     await node.report("job_ack", job_id, 1)
@@ -200,10 +197,8 @@ async def test_concurrent_repeats_yield_one_job_and_one_dispatch(
     sessions = [await peers.session(e2e_system, api_key) for _ in range(3)]
 
     async def over_ws(session: RawSession, request_id: str, n: int) -> str:
-        await session.submit(request_id, service, {"n": n})
-        reply = await session.reply(request_id, timeout=10)
-        assert reply["type"] == "job_accepted", reply
-        return str(reply["job_id"])
+        accepted = await session.submit_accepted(request_id, service, {"n": n}, timeout=10)
+        return str(accepted["job_id"])
 
     async def over_http(request_id: str, n: int) -> str:
         status, body = await http_submit(e2e_system, api_key, request_id, service, {"n": n})
@@ -311,9 +306,7 @@ async def accepted_on(
     session: RawSession, nodes: list[RawNode], request_id: str, service: str
 ) -> tuple[str, RawNode, RawNode]:
     """Submit once; the job id, the node it went to, and the other node."""
-    await session.submit(request_id, service, {"q": request_id})
-    accepted = await session.reply(request_id)
-    assert accepted["type"] == "job_accepted", accepted
+    accepted = await session.submit_accepted(request_id, service, {"q": request_id})
     chosen = next(node for node in nodes if node.node_id == accepted["node_id"])
     other = next(node for node in nodes if node is not chosen)
     return accepted["job_id"], chosen, other
@@ -425,9 +418,7 @@ async def test_a_resumed_session_gets_what_finished_while_it_was_away_once(
     (token,) = e2e_system.node_tokens(1)
     node = await peers.node(e2e_system, token, [service])
     away = await peers.session(e2e_system, api_key)
-    await away.submit("while-away", service, {"x": 1})
-    accepted = await away.reply("while-away")
-    assert accepted["type"] == "job_accepted", accepted
+    accepted = await away.submit_accepted("while-away", service, {"x": 1})
     job_id = accepted["job_id"]
     await node.expect("job_assign", job_id=job_id)
     await node.report("job_ack", job_id, 1)
@@ -486,9 +477,7 @@ async def test_cancelled_and_timed_out_jobs_are_reported_once_and_free_their_slo
     assert result["ok"] is False and result["error"]["code"] == "CANCELLED", result
 
     # The node's only slot is free at once: the next job goes to it, and times out there.
-    await session.submit("to-time-out", service, {}, timeout_ms=1000)
-    timed = await session.reply("to-time-out")
-    assert timed["type"] == "job_accepted", timed
+    timed = await session.submit_accepted("to-time-out", service, {}, timeout_ms=1000)
     await node.expect("job_assign", job_id=timed["job_id"])
     await node.report("job_ack", timed["job_id"], 1)
     await session.submit("while-full", service, {})
@@ -501,8 +490,7 @@ async def test_cancelled_and_timed_out_jobs_are_reported_once_and_free_their_slo
     # A late result changes nothing, the slot is free again, and an ended job cannot be
     # cancelled.
     await node.report("job_result", timed["job_id"], 1, ok=True, result={"late": True})
-    await session.submit("after", service, {})
-    assert (await session.reply("after"))["type"] == "job_accepted"
+    await session.submit_accepted("after", service, {})
     await session.send({"type": "job_cancel", "job_id": cancelled["job_id"]})
     await session.expect_error("JOB_NOT_FOUND", job_id=cancelled["job_id"])
     await settle()

@@ -211,6 +211,21 @@ class RawSession(RawPeer):
             what=f"reply to {request_id}",
         )
 
+    async def submit_accepted(
+        self,
+        request_id: str,
+        service: str,
+        payload: Frame | None = None,
+        *,
+        timeout: float = WAIT_S,
+        **extra: Any,
+    ) -> Frame:
+        """Submit once; the ``job_accepted`` that must answer it."""
+        await self.submit(request_id, service, payload, **extra)
+        reply = await self.reply(request_id, timeout=timeout)
+        assert reply["type"] == "job_accepted", reply
+        return reply
+
     async def submit_until_accepted(
         self,
         request_id: str,
