@@ -179,7 +179,7 @@ def machine() -> dict[str, str]:
 
 
 def main(args: argparse.Namespace) -> None:
-    from clusterlayer.testing import StandaloneRedis
+    from clusterlayer.tests.standalone_redis import StandaloneRedis
     from hotstate.localcluster import from_environment
 
     cluster = from_environment()

@@ -186,17 +186,6 @@ async def _prepare(url: str) -> None:
     await client.aclose()
 
 
-async def _cleanup(url: str, prefix: str) -> int:
-    from hotstate.client import build_client
-
-    client = build_client(url)
-    deleted = 0
-    async for key in client.scan_iter(match=f"{prefix}:*", count=1000):
-        deleted += await client.delete(key)
-    await client.aclose()
-    return deleted
-
-
 def _machine() -> str:
     cpu = "unknown CPU"
     for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -221,6 +210,7 @@ def main() -> int:
     args = parser.parse_args()
 
     from hotstate.localcluster import from_environment
+    from tests.support.keys import delete_keys_sync
 
     cluster = from_environment()
     print(cluster.start())
@@ -250,7 +240,7 @@ def main() -> int:
         for worker in workers:
             if worker.is_alive():
                 worker.kill()
-        deleted = asyncio.run(_cleanup(cluster.url, prefix))
+        deleted = delete_keys_sync(cluster.url, prefix)
 
     rates: dict[tuple[int, str], tuple[float, float]] = {}
     for round_ in range(args.rounds):

@@ -11,7 +11,7 @@ from channels.db import database_sync_to_async
 
 from nodes.models import Node
 from sessions.models import ApiKey
-from tests.inprocess import (
+from tests.support.inprocess import (
     Peer,
     accepted_job,
     new_api_key,

@@ -17,7 +17,7 @@ from channels_redis.core import RedisChannelLayer
 from redis.asyncio.cluster import RedisCluster
 
 from clusterlayer import ClusterChannelLayer
-from clusterlayer.testing import StandaloneRedis
+from clusterlayer.tests.standalone_redis import StandaloneRedis
 
 LayerFactory = Callable[..., Any]
 

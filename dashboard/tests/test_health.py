@@ -2,22 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import urllib.error
-import urllib.request
-
 import pytest
 
-from conftest import free_port
 from hotstate.client import close_client
-
-
-def _get(url: str) -> tuple[int, dict]:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
+from tests.e2e.harness.http import http
+from tests.support.ports import free_port
 
 
 @pytest.mark.parametrize("path", ["/healthz", "/healthz/"])
@@ -28,6 +17,7 @@ async def test_healthz_answers_with_or_without_slash(async_client, path: str) ->
 
 
 @pytest.mark.parametrize("path", ["/readyz", "/readyz/"])
+@pytest.mark.usefixtures("scheduler")  # readiness registers the instance: under its own prefix
 async def test_readyz_is_ready_when_the_cluster_serves_every_slot(
     async_client, settings, redis_cluster_url: str, path: str
 ) -> None:
@@ -62,15 +52,15 @@ async def test_readyz_rejects_other_methods(async_client) -> None:
 @pytest.mark.e2e
 def test_real_daphne_serves_health_and_readiness(daphne_factory) -> None:
     server = daphne_factory()
-    assert _get(f"{server.url}/healthz") == (200, {"status": "ok"})
-    status, body = _get(f"{server.url}/readyz")
+    assert http("GET", f"{server.url}/healthz") == (200, {"status": "ok"})
+    status, body = http("GET", f"{server.url}/readyz")
     assert status == 200, body
 
 
 @pytest.mark.e2e
 def test_real_daphne_reports_not_ready_when_the_cluster_is_down(daphne_factory) -> None:
     server = daphne_factory(REDIS_CLUSTER_URL=f"redis://127.0.0.1:{free_port()}")
-    assert _get(f"{server.url}/healthz")[0] == 200
-    status, body = _get(f"{server.url}/readyz")
+    assert http("GET", f"{server.url}/healthz")[0] == 200
+    status, body = http("GET", f"{server.url}/readyz")
     assert status == 503
     assert body["reason"].startswith("redis_cluster: Redis Cluster unreachable")

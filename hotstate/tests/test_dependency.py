@@ -13,7 +13,7 @@ from hotstate.directory import node_directory_read
 from hotstate.errors import DependencyDown
 from hotstate.jobs import job_get, request_claim
 from hotstate.slots import slot_reserve
-from hotstate.tests.conftest import free_port
+from tests.support.ports import free_port
 
 
 @pytest.fixture

@@ -16,7 +16,6 @@ import itertools
 import uuid
 from dataclasses import dataclass, replace
 
-import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -27,7 +26,6 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from conftest import delete_keys
 from hotstate import keys
 from hotstate.client import build_client
 from hotstate.codes import BadState, Forbidden, JobNotFound, Refused, StaleAttempt
@@ -229,33 +227,14 @@ class JobMachine(RuleBasedStateMachine):
             )
 
 
-def test_random_interleavings_follow_the_fsm(
-    redis_cluster_url: str, settings_fixture, unique_tag: str
-) -> None:
-    prefix = f"test-{unique_tag}"
-    settings_fixture.HOTSTATE_PREFIX = prefix
+def test_random_interleavings_follow_the_fsm(redis_cluster_url: str, hot_prefix: str) -> None:
     JobMachine.url = redis_cluster_url
-    try:
-        run_state_machine_as_test(
-            JobMachine,
-            settings=settings(
-                max_examples=40,
-                stateful_step_count=25,
-                deadline=None,
-                suppress_health_check=[HealthCheck.too_slow],
-            ),
-        )
-    finally:
-        asyncio.run(_cleanup(redis_cluster_url, prefix))
-
-
-async def _cleanup(url: str, prefix: str) -> None:
-    client = build_client(url)
-    await delete_keys(client, prefix)
-    await client.aclose()
-
-
-@pytest.fixture
-def settings_fixture(settings):  # type: ignore[no-untyped-def]
-    """pytest-django's ``settings``, renamed: ``settings`` here is hypothesis's."""
-    return settings
+    run_state_machine_as_test(
+        JobMachine,
+        settings=settings(
+            max_examples=40,
+            stateful_step_count=25,
+            deadline=None,
+            suppress_health_check=[HealthCheck.too_slow],
+        ),
+    )

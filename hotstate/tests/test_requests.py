@@ -7,7 +7,6 @@ import multiprocessing
 
 from redis.asyncio.cluster import RedisCluster
 
-from conftest import delete_keys
 from hotstate import keys
 from hotstate.jobs import job_get, request_claim, request_release
 from hotstate.tests.workers import claimer_main
@@ -54,9 +53,9 @@ async def test_a_rejected_request_is_released_only_by_its_own_job(hot: RedisClus
 
 
 def test_one_request_claimed_from_several_processes_yields_one_job(
-    redis_cluster_url: str, unique_tag: str
+    redis_cluster_url: str, hot_prefix: str
 ) -> None:
-    prefix = f"test-{unique_tag}"
+    prefix = hot_prefix
     processes, tasks = 4, 25
     ctx = multiprocessing.get_context("spawn")
     ready = ctx.Barrier(processes)
@@ -83,7 +82,7 @@ def test_one_request_claimed_from_several_processes_yields_one_job(
         # whichever caller holding that id got there first.
         assert [candidate for _, _, candidate in outcomes if candidate == job_id] == [job_id]
         assert sum(created for _, created, _ in outcomes) == 1
-        view = asyncio.run(_read(redis_cluster_url, prefix, job_id))
+        view = asyncio.run(_read(redis_cluster_url, job_id))
         assert view is not None
         assert view.attempt == 1
         # Every session that sent the request awaits the one job's result.
@@ -92,24 +91,13 @@ def test_one_request_claimed_from_several_processes_yields_one_job(
         for worker in workers:
             if worker.is_alive():
                 worker.kill()
-        asyncio.run(_cleanup(redis_cluster_url, prefix))
 
 
-async def _read(url: str, prefix: str, job_id: str):
-    from django.test import override_settings
-
+async def _read(url: str, job_id: str):
+    """The job under the test's HOTSTATE_PREFIX (``hot_prefix``), the workers' prefix too."""
     from hotstate.client import build_client
 
     client = build_client(url)
-    with override_settings(HOTSTATE_PREFIX=prefix):
-        view = await job_get(job_id=job_id, client=client)
+    view = await job_get(job_id=job_id, client=client)
     await client.aclose()
     return view
-
-
-async def _cleanup(url: str, prefix: str) -> None:
-    from hotstate.client import build_client
-
-    client = build_client(url)
-    await delete_keys(client, prefix)
-    await client.aclose()

@@ -137,7 +137,7 @@ async def test_a_reservation_never_released_frees_its_slot_after_its_ttl(
     assert await hot.zrange(keys.node_reservations("n1"), 0, -1) == ["j2"]
 
 
-def test_no_oversell_across_processes_and_tasks(redis_cluster_url: str, unique_tag: str) -> None:
+def test_no_oversell_across_processes_and_tasks(redis_cluster_url: str, hot_prefix: str) -> None:
     """4 processes x 50 tasks reserve and release on 5 small nodes; no node ever passes max_jobs.
 
     1. Each process counts its own held slots in a shared, locked array: +1 after a reserve
@@ -145,7 +145,7 @@ def test_no_oversell_across_processes_and_tasks(redis_cluster_url: str, unique_t
     2. Meanwhile this process samples that array under its lock, and every node's ZCARD.
     3. At the end each process reports what it still holds: that must be exactly what Redis holds.
     """
-    prefix = f"test-{unique_tag}"
+    prefix = hot_prefix
     node_ids = [f"n{i}" for i in range(5)]
     max_jobs = 3
     processes, tasks, rounds = 4, 50, 8
@@ -177,7 +177,6 @@ def test_no_oversell_across_processes_and_tasks(redis_cluster_url: str, unique_t
         report = asyncio.run(
             _sample_while_running(
                 redis_cluster_url,
-                prefix,
                 node_ids,
                 max_jobs,
                 counts,
@@ -192,7 +191,6 @@ def test_no_oversell_across_processes_and_tasks(redis_cluster_url: str, unique_t
             worker.join(timeout=30)
             if worker.is_alive():
                 worker.kill()
-        asyncio.run(_cleanup(redis_cluster_url, prefix))
     assert all(worker.exitcode == 0 for worker in workers)
     assert report["max_counted"] <= max_jobs, report
     assert report["max_zcard"] <= max_jobs, report
@@ -204,43 +202,41 @@ def test_no_oversell_across_processes_and_tasks(redis_cluster_url: str, unique_t
 
 
 async def _sample_while_running(
-    url, prefix, node_ids, max_jobs, counts, ready, workers, results, processes
+    url, node_ids, max_jobs, counts, ready, workers, results, processes
 ) -> dict:
-    from django.test import override_settings
-
+    """Sample under the test's HOTSTATE_PREFIX (``hot_prefix``), the workers' prefix too."""
     from hotstate.client import build_client
 
     client = build_client(url)
-    with override_settings(HOTSTATE_PREFIX=prefix):
-        for node_id in node_ids:
-            await online_node(client, node_id, max_jobs=max_jobs)
-        reservation_keys = [keys.node_reservations(node_id) for node_id in node_ids]
-        await asyncio.to_thread(ready.wait, 60)
-        max_counted = max_zcard = samples = 0
-        reports = []
-        deadline = time.monotonic() + 120
-        while len(reports) < processes and time.monotonic() < deadline:
-            if not any(worker.is_alive() for worker in workers) and results.empty():
-                break  # a worker failed; its exit code tells the test
-            with counts.get_lock():
-                counted = list(counts)
-            pipe = client.pipeline(transaction=False)
-            for key in reservation_keys:
-                pipe.zcard(key)
-            zcards = await pipe.execute()
-            max_counted = max(max_counted, *counted)
-            max_zcard = max(max_zcard, *zcards)
-            samples += 1
-            while not results.empty():
-                reports.append(results.get())
-            await asyncio.sleep(0.002)
-        final_held = {
-            node_id: sorted(j for r in reports for j in r["held"][node_id]) for node_id in node_ids
-        }
-        final_redis = {
-            node_id: sorted(await client.zrange(key, 0, -1))
-            for node_id, key in zip(node_ids, reservation_keys, strict=True)
-        }
+    for node_id in node_ids:
+        await online_node(client, node_id, max_jobs=max_jobs)
+    reservation_keys = [keys.node_reservations(node_id) for node_id in node_ids]
+    await asyncio.to_thread(ready.wait, 60)
+    max_counted = max_zcard = samples = 0
+    reports = []
+    deadline = time.monotonic() + 120
+    while len(reports) < processes and time.monotonic() < deadline:
+        if not any(worker.is_alive() for worker in workers) and results.empty():
+            break  # a worker failed; its exit code tells the test
+        with counts.get_lock():
+            counted = list(counts)
+        pipe = client.pipeline(transaction=False)
+        for key in reservation_keys:
+            pipe.zcard(key)
+        zcards = await pipe.execute()
+        max_counted = max(max_counted, *counted)
+        max_zcard = max(max_zcard, *zcards)
+        samples += 1
+        while not results.empty():
+            reports.append(results.get())
+        await asyncio.sleep(0.002)
+    final_held = {
+        node_id: sorted(j for r in reports for j in r["held"][node_id]) for node_id in node_ids
+    }
+    final_redis = {
+        node_id: sorted(await client.zrange(key, 0, -1))
+        for node_id, key in zip(node_ids, reservation_keys, strict=True)
+    }
     await client.aclose()
     return {
         "max_counted": max_counted,
@@ -252,12 +248,3 @@ async def _sample_while_running(
         "final_redis": final_redis,
         "final_counts": list(counts),
     }
-
-
-async def _cleanup(url: str, prefix: str) -> None:
-    from conftest import delete_keys
-    from hotstate.client import build_client
-
-    client = build_client(url)
-    await delete_keys(client, prefix)
-    await client.aclose()

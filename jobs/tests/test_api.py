@@ -13,7 +13,7 @@ from django.test import AsyncClient
 from hotstate import jobs as hjobs
 from hotstate.jobs import JobState
 from sessions.models import ApiKey
-from tests.inprocess import (
+from tests.support.inprocess import (
     new_api_key,
     online_node,
     online_session,

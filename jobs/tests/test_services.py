@@ -18,8 +18,7 @@ from hotstate.jobs import JobState
 from jobs import services as jobs
 from jobs.selectors import job_view
 from protocol import JobSubmit, ServiceRef
-from tests.inprocess import (
-    Peer,
+from tests.support.inprocess import (
     accepted_job,
     beating,
     job_state,
@@ -27,15 +26,9 @@ from tests.inprocess import (
     online_node,
     online_session,
     reply,
-    submit,
 )
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("scheduler")]
-
-
-async def submitted(session: Peer, request_id: str, **extra: Any) -> dict[str, Any]:
-    await session.send(submit(request_id, **extra))
-    return await session.receive()
 
 
 def job_submit(request_id: str = "r-1", **fields: Any) -> JobSubmit:

@@ -8,7 +8,6 @@ import pytest
 from asgiref.sync import async_to_sync
 from django.contrib.auth.models import User
 
-from conftest import delete_keys
 from hotstate import nodes as hnodes
 from hotstate import slots as hslots
 from hotstate.client import build_client
@@ -98,31 +97,17 @@ async def _reserve(url: str, node_id: str, job_id: str) -> hslots.ReserveOutcome
     return reservation.outcome
 
 
-async def _cleanup(url: str, prefix: str) -> None:
-    client = build_client(url)
-    try:
-        await delete_keys(client, prefix)
-    finally:
-        await client.aclose()
-
-
 def test_the_drain_action_stops_jobs_to_an_online_node_at_once(
-    staff_client, settings, redis_cluster_url, unique_tag
+    staff_client, redis_cluster_url, hot_prefix
 ) -> None:
     url = redis_cluster_url
-    settings.HOTSTATE_PREFIX = f"test-{unique_tag}"
     staff_client.post("/admin/nodes/node/add/", {"name": "gpu-drain", "enabled": "on"})
     node = Node.objects.get(name="gpu-drain")
     async_to_sync(_publish)(url, node.node_id)
-    try:
-        staff_client.post("/admin/nodes/node/", {"action": "drain", "_selected_action": [node.pk]})
-        node.refresh_from_db()
-        assert node.drained
-        reserved = async_to_sync(_reserve)(url, node.node_id, "j_1")
-        assert reserved is hslots.ReserveOutcome.DRAINED
-        staff_client.post(
-            "/admin/nodes/node/", {"action": "undrain", "_selected_action": [node.pk]}
-        )
-        assert async_to_sync(_reserve)(url, node.node_id, "j_2") is hslots.ReserveOutcome.RESERVED
-    finally:
-        async_to_sync(_cleanup)(url, settings.HOTSTATE_PREFIX)
+    staff_client.post("/admin/nodes/node/", {"action": "drain", "_selected_action": [node.pk]})
+    node.refresh_from_db()
+    assert node.drained
+    reserved = async_to_sync(_reserve)(url, node.node_id, "j_1")
+    assert reserved is hslots.ReserveOutcome.DRAINED
+    staff_client.post("/admin/nodes/node/", {"action": "undrain", "_selected_action": [node.pk]})
+    assert async_to_sync(_reserve)(url, node.node_id, "j_2") is hslots.ReserveOutcome.RESERVED

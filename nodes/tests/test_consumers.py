@@ -11,7 +11,7 @@ from hotstate import directory as hdirectory
 from hotstate import jobs as hjobs
 from hotstate.jobs import JobState
 from nodes.snapshot import snapshot_get
-from tests.inprocess import (
+from tests.support.inprocess import (
     Peer,
     accepted_job,
     beating,
@@ -26,6 +26,7 @@ from tests.inprocess import (
     reply,
     session_peer,
     submit,
+    submitted,
 )
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("scheduler")]
@@ -41,11 +42,6 @@ async def marks_of(node_id: str) -> dict[str, int]:
 async def _in_snapshot(node_id: str) -> bool:
     await snapshot_get().refresh()
     return node_id in snapshot_get().nodes
-
-
-async def submitted(session: Peer, request_id: str, **extra: Any) -> dict[str, Any]:
-    await session.send(submit(request_id, **extra))
-    return await session.receive()
 
 
 # --- registration -------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import pytest
 
 from hotstate import jobs as hjobs
 from hotstate.jobs import JobState
-from tests.inprocess import (
+from tests.support.inprocess import (
     Peer,
     accepted_job,
     new_api_key,
@@ -17,15 +17,10 @@ from tests.inprocess import (
     online_session,
     reply,
     session_peer,
-    submit,
+    submitted,
 )
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("scheduler")]
-
-
-async def submitted(session: Peer, request_id: str, **extra: Any) -> dict[str, Any]:
-    await session.send(submit(request_id, **extra))
-    return await session.receive()
 
 
 async def finish(node: Peer, assign: dict[str, Any], **result: Any) -> None:

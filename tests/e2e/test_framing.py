@@ -9,8 +9,10 @@ import json
 import pytest
 from websockets.exceptions import InvalidStatus
 
-from tests.e2e.conftest import Peers, System
-from tests.e2e.peers import RESOURCES, RawNode, RawPeer, RawSession, http
+from tests.e2e.harness.deployment import System
+from tests.e2e.harness.http import http
+from tests.e2e.harness.peers import Peers
+from tests.e2e.harness.raw import RESOURCES, RawPeer
 
 pytestmark = pytest.mark.e2e
 
@@ -24,11 +26,6 @@ E2E_ENV = {
     "MAX_PAYLOAD_BYTES": str(MAX_PAYLOAD_BYTES),
     "AUTH_TIMEOUT": str(AUTH_TIMEOUT_S),
 }
-
-
-@pytest.fixture(scope="module")
-def api_key(e2e_system: System) -> str:
-    return e2e_system.api_key("acme")
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +122,7 @@ async def test_a_browser_origin_must_be_an_allowed_host(e2e_system: System, peer
 async def test_bad_session_frames_get_an_error_with_ref_and_change_nothing(
     e2e_system: System, peers: Peers, api_key: str
 ) -> None:
-    session = peers.track(await RawSession.start(e2e_system.ws, api_key))
+    session = await peers.session(e2e_system, api_key)
 
     await session.send("{not json")
     await session.expect_error("BAD_MESSAGE")
@@ -162,7 +159,7 @@ async def test_bad_node_frames_get_an_error_and_change_nothing(
     e2e_system: System, peers: Peers, node_tokens: list[str]
 ) -> None:
     token = node_tokens.pop()
-    node = peers.track(await RawNode.start(e2e_system.ws, token, ["e2e-framing"]))
+    node = await peers.node(e2e_system, token, ["e2e-framing"])
 
     await node.send("{not json")
     await node.expect_error("BAD_MESSAGE")
@@ -206,7 +203,7 @@ async def test_bad_node_frames_get_an_error_and_change_nothing(
 async def test_a_frame_over_max_frame_bytes_closes_with_1009(
     e2e_system: System, peers: Peers, api_key: str, frame: str
 ) -> None:
-    session = peers.track(await RawSession.start(e2e_system.ws, api_key))
+    session = await peers.session(e2e_system, api_key)
     await session.send(frame)
     assert await session.wait_closed() == 1009
     assert session.count("job_accepted") + session.count("job_rejected") == 0
@@ -216,8 +213,8 @@ async def test_a_frame_at_the_limit_is_read_and_its_large_payload_rejected(
     e2e_system: System, peers: Peers, api_key: str, node_tokens: list[str]
 ) -> None:
     # A node offers the service, so that nothing but the payload's size can refuse the job.
-    peers.track(await RawNode.start(e2e_system.ws, node_tokens.pop(), ["e2e-limit"]))
-    session = peers.track(await RawSession.start(e2e_system.ws, api_key))
+    await peers.node(e2e_system, node_tokens.pop(), ["e2e-limit"])
+    session = await peers.session(e2e_system, api_key)
     await session.send(padded_submit("r-at-limit", MAX_FRAME_BYTES, service="e2e-limit"))
     rejected = await session.reply("r-at-limit")
     assert rejected["type"] == "job_rejected", rejected
@@ -228,7 +225,7 @@ async def test_a_frame_at_the_limit_is_read_and_its_large_payload_rejected(
 async def test_a_peer_over_its_frame_rate_gets_rate_limited_and_stays_open(
     e2e_system: System, peers: Peers, api_key: str
 ) -> None:
-    session = peers.track(await RawSession.start(e2e_system.ws, api_key))
+    session = await peers.session(e2e_system, api_key)
     for n in range(130):  # the burst is 100
         await session.send({"type": "ping", "ts_ms": n})
     await session.expect_error("RATE_LIMITED", type="ping")
@@ -243,15 +240,15 @@ async def test_a_peer_over_its_frame_rate_gets_rate_limited_and_stays_open(
 async def test_a_newer_connection_replaces_the_older_with_4409(
     e2e_system: System, peers: Peers, api_key: str, node_tokens: list[str]
 ) -> None:
-    first = peers.track(await RawSession.start(e2e_system.ws, api_key))
-    second = peers.track(await RawSession.start(e2e_system.ws, api_key, first.session_id))
+    first = await peers.session(e2e_system, api_key)
+    second = await peers.session(e2e_system, api_key, first.session_id)
     assert second.session_id == first.session_id
     assert await first.wait_closed() == 4409
     await second.ping(ts_ms=2)
 
     token = node_tokens.pop()
-    node = peers.track(await RawNode.start(e2e_system.ws, token, ["e2e-replace"]))
-    newer = peers.track(await RawNode.start(e2e_system.ws, token, ["e2e-replace"]))
+    node = await peers.node(e2e_system, token, ["e2e-replace"])
+    newer = await peers.node(e2e_system, token, ["e2e-replace"])
     assert newer.node_id == node.node_id  # the token names one node record
     assert await node.wait_closed() == 4409
     await newer.ping(ts_ms=3)
@@ -264,7 +261,7 @@ async def test_http_refuses_missing_and_bad_keys_and_bad_bodies(
     e2e_system: System, peers: Peers, api_key: str, node_tokens: list[str]
 ) -> None:
     # A node offers the service, so that each refusal below has exactly one cause.
-    peers.track(await RawNode.start(e2e_system.ws, node_tokens.pop(), ["e2e-http"]))
+    await peers.node(e2e_system, node_tokens.pop(), ["e2e-http"])
     jobs = f"{e2e_system.url}/api/v1/jobs"
     body = {"request_id": "h1", "service": {"id": "e2e-http"}, "payload": {}}
 

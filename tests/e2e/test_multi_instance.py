@@ -14,33 +14,27 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import signal
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pytest
+from django.test import override_settings
+from redis.asyncio.cluster import RedisCluster
 
+from hotstate import keys
 from protocol import JobAccepted, JobRejected, SessionJobResult
-from scheduler_sdk import NodeAgent, RequestFailed, SessionClient
+from scheduler_sdk import RequestFailed
 from scheduler_sdk.backoff import Backoff
-from tests.e2e.multi import (
-    TERMINAL,
-    Balancer,
-    Credentials,
-    Deployment,
-    Instance,
-    RawSession,
-    Recorder,
-    http_json,
-    inbox_entries_added,
-    node_agent,
-    node_reservations,
-    prepare_database,
-    session_client,
-)
+from tests.e2e.harness.balancer import Balancer
+from tests.e2e.harness.deployment import Credentials, Deployment
+from tests.e2e.harness.http import job_until_terminal
+from tests.e2e.harness.peers import Peers
+from tests.e2e.harness.processes import Instance
+from tests.e2e.harness.raw import RawSession, settle
+from tests.e2e.harness.sdk import Recorder
 
 pytestmark = pytest.mark.e2e
 
@@ -51,18 +45,13 @@ ENV = {
     "ACK_TIMEOUT": "1.5",
     "DRAIN_GRACE": "3",
 }
-SETTLE_S = 0.5  # how long a test waits for a copy that should never come
 RESULT_WAIT_S = 15.0
 
 
 class Multi:
-    def __init__(
-        self, deployment: Deployment, template: Path, credentials: Credentials, redis_url: str
-    ) -> None:
+    def __init__(self, deployment: Deployment, credentials: Credentials) -> None:
         self.deployment = deployment
-        self.template = template
         self.credentials = credentials
-        self.redis_url = redis_url
 
     @property
     def instances(self) -> list[Instance]:
@@ -77,70 +66,42 @@ class Multi:
 
 
 @pytest.fixture(scope="module")
-def multi(tmp_path_factory: pytest.TempPathFactory, redis_cluster_url: str) -> Iterator[Multi]:
+def multi(
+    tmp_path_factory: pytest.TempPathFactory, redis_cluster_url: str, e2e_template_db: Path
+) -> Iterator[Multi]:
     """Instances A, B and C of one deployment; stopped and their keys deleted afterwards."""
     folder = tmp_path_factory.mktemp("multi")
-    template, credentials = prepare_database(
-        folder / "template", nodes=NODE_TOKENS, tenants=[TENANT]
-    )
-    deployment = Deployment(folder / "abc", redis_cluster_url, template, extra_env=ENV)
+    deployment = Deployment(folder / "abc", redis_cluster_url, e2e_template_db, extra_env=ENV)
     try:
+        credentials = deployment.credentials(nodes=NODE_TOKENS, tenants=[TENANT])
         deployment.start_instances("A", "B", "C")
-        yield Multi(deployment, template, credentials, redis_cluster_url)
+        yield Multi(deployment, credentials)
     finally:
         deployment.close()
 
 
-@pytest.fixture
-def service() -> str:
-    """A service of the test's own, so no earlier test's node can take its jobs."""
-    return f"svc-{secrets.token_hex(4)}"
+async def inbox_entries_added(redis: RedisCluster, layer_prefix: str) -> dict[str, int]:
+    """``entries-added`` of every process inbox of the channel layer: how many messages ever
+    crossed the layer to each process (a message to a socket of the same process never does)."""
+    added = {}
+    async for key in redis.scan_iter(match=f"{layer_prefix}:*:inbox", count=1000):
+        info = await redis.xinfo_stream(key)
+        added[key] = int(info["entries-added"])
+    return added
 
 
-class Peers:
-    """What a test connects; closed after it, even when it fails."""
-
-    def __init__(self) -> None:
-        self.sessions: list[RawSession] = []
-        self.agents: list[NodeAgent] = []
-
-    async def session(self, instance: Instance, key: str, **kwargs: str) -> RawSession:
-        session = await RawSession.open(instance.ws, key, **kwargs)
-        self.sessions.append(session)
-        return session
-
-    async def node(
-        self, instance: Instance, token: str, service: str, recorder: Recorder, *, max_jobs: int
-    ) -> NodeAgent:
-        agent = node_agent(instance.ws, token, service, recorder, max_jobs=max_jobs)
-        self.agents.append(agent)
-        await agent.start(timeout_s=10)
-        assert agent.instance_id == instance.instance_id
-        return agent
-
-    async def close(self) -> None:
-        for session in self.sessions:
-            await session.close()
-        for agent in self.agents:
-            await agent.stop(grace_s=0)
-
-
-@pytest.fixture
-async def peers() -> AsyncIterator[Peers]:
-    tracked = Peers()
-    try:
-        yield tracked
-    finally:
-        await tracked.close()
-
-
-def results_of(session: RawSession, job_id: str) -> list[dict]:
-    return session.of_type("job_result", job_id=job_id)
+async def node_reservations(
+    redis: RedisCluster, hot_prefix: str, node_ids: Iterable[str]
+) -> dict[str, int]:
+    """How many slots each node holds in a deployment's hot state (keys from hotstate.keys)."""
+    with override_settings(HOTSTATE_PREFIX=hot_prefix):
+        names = {node_id: keys.node_reservations(node_id) for node_id in node_ids}
+    return {node_id: await redis.zcard(name) for node_id, name in names.items()}
 
 
 async def run_one(session: RawSession, request_id: str, service: str, payload: dict) -> dict:
-    accepted = await session.submit(request_id, service, payload)
-    result = await session.result(accepted["job_id"], timeout=RESULT_WAIT_S)
+    accepted = await session.submit_until_accepted(request_id, service, payload)
+    result = await session.expect("job_result", job_id=accepted["job_id"], timeout=RESULT_WAIT_S)
     assert result["ok"] is True, result
     return accepted
 
@@ -153,7 +114,7 @@ async def test_jobs_cross_instances_both_ways_with_progress_and_one_result_each(
 ) -> None:
     a, b, c = multi.instances
     recorder = Recorder(delay_s=0.2)
-    agent = await peers.node(a, multi.token(0), service, recorder, max_jobs=4)
+    agent = await peers.agent(a, multi.token(0), service, recorder, max_jobs=4)
     on_b = await peers.session(b, multi.key)
     on_c = await peers.session(c, multi.key)
     assert {on_b.instance_id, on_c.instance_id, agent.instance_id} == {
@@ -165,21 +126,21 @@ async def test_jobs_cross_instances_both_ways_with_progress_and_one_result_each(
     submits = [(on_b, f"cross-b-{n}") for n in range(3)]
     submits += [(on_c, f"cross-c-{n}") for n in range(3)]
     accepted = await asyncio.gather(
-        *(session.submit(rid, service, {"rid": rid}) for session, rid in submits)
+        *(session.submit_until_accepted(rid, service, {"rid": rid}) for session, rid in submits)
     )
     for (session, rid), reply in zip(submits, accepted, strict=True):
         assert reply["node_id"] == agent.node_id
-        result = await session.result(reply["job_id"], timeout=RESULT_WAIT_S)
+        result = await session.expect("job_result", job_id=reply["job_id"], timeout=RESULT_WAIT_S)
         assert result["ok"] is True, result
         assert result["request_id"] == rid
         assert result["result"] == {"echo": {"rid": rid}, "job_id": reply["job_id"]}
-    await asyncio.sleep(SETTLE_S)
+    await settle()
 
     for (session, rid), reply in zip(submits, accepted, strict=True):
         job_id = reply["job_id"]
         other = on_c if session is on_b else on_b
-        assert len(results_of(session, job_id)) == 1, session.frames
-        assert results_of(other, job_id) == [], "a result reached a session that did not submit"
+        assert len(session.results(job_id)) == 1, session.frames
+        assert other.results(job_id) == [], "a result reached a session that did not submit"
         # Progress crossed too: node on A -> its instance -> the session's instance.
         progress = session.of_type("job_progress", job_id=job_id)
         assert [(p["progress"], p["data"], p["request_id"]) for p in progress] == [
@@ -195,26 +156,27 @@ async def test_jobs_cross_instances_both_ways_with_progress_and_one_result_each(
 
 
 async def test_same_instance_pair_works_and_stays_off_the_channel_layer(
-    multi: Multi, peers: Peers, service: str
+    multi: Multi, peers: Peers, service: str, redis: RedisCluster
 ) -> None:
     """Node and session on C: the job runs, and nothing crosses Redis Streams for it (the
     channel layer's local path); the same node with a session on B does cross (the control)."""
     _, b, c = multi.instances
     recorder = Recorder(delay_s=0.1)
-    await peers.node(c, multi.token(1), service, recorder, max_jobs=2)
+    await peers.agent(c, multi.token(1), service, recorder, max_jobs=2)
     on_c = await peers.session(c, multi.key)
     await run_one(on_c, "local-warm", service, {})  # C's snapshot knows the node now
 
-    before = sum(inbox_entries_added(multi.redis_url, multi.deployment.layer_prefix).values())
+    layer_prefix = multi.deployment.layer_prefix
+    before = sum((await inbox_entries_added(redis, layer_prefix)).values())
     for n in range(3):
         accepted = await run_one(on_c, f"local-{n}", service, {"n": n})
         assert len(on_c.of_type("job_progress", job_id=accepted["job_id"])) == 1
-    local = sum(inbox_entries_added(multi.redis_url, multi.deployment.layer_prefix).values())
+    local = sum((await inbox_entries_added(redis, layer_prefix)).values())
     assert local == before, "a job between a node and a session of one instance used Redis"
 
     on_b = await peers.session(b, multi.key)
     await run_one(on_b, "local-control", service, {})
-    crossed = sum(inbox_entries_added(multi.redis_url, multi.deployment.layer_prefix).values())
+    crossed = sum((await inbox_entries_added(redis, layer_prefix)).values())
     # job_assign B -> C, then progress and the result's delivery C -> B.
     assert crossed >= local + 3
 
@@ -224,7 +186,7 @@ async def test_same_request_id_on_two_instances_at_once_makes_one_job(
 ) -> None:
     a, b, c = multi.instances
     recorder = Recorder(delay_s=0.3, progress=False)
-    agent = await peers.node(a, multi.token(2), service, recorder, max_jobs=4)
+    agent = await peers.agent(a, multi.token(2), service, recorder, max_jobs=4)
     on_b = await peers.session(b, multi.key)
     on_c = await peers.session(c, multi.key)
     # Both instances' snapshots know the node before the race.
@@ -236,22 +198,24 @@ async def test_same_request_id_on_two_instances_at_once_makes_one_job(
     races = [f"dup-{n}" for n in range(4)]
     for rid in races:
         reply_b, reply_c = await asyncio.gather(
-            on_b.submit(rid, service, {"rid": rid}, retry=frozenset()),
-            on_c.submit(rid, service, {"rid": rid}, retry=frozenset()),
+            on_b.submit_until_accepted(rid, service, {"rid": rid}, retry=()),
+            on_c.submit_until_accepted(rid, service, {"rid": rid}, retry=()),
         )
         assert reply_b["job_id"] == reply_c["job_id"], (reply_b, reply_c)
         assert reply_b["node_id"] == reply_c["node_id"] == agent.node_id
         for session in (on_b, on_c):
-            result = await session.result(reply_b["job_id"], timeout=RESULT_WAIT_S)
+            result = await session.expect(
+                "job_result", job_id=reply_b["job_id"], timeout=RESULT_WAIT_S
+            )
             assert result["ok"] is True and result["request_id"] == rid, result
-    await asyncio.sleep(SETTLE_S)
+    await settle()
 
     race_jobs = {on_b.of_type("job_accepted", request_id=rid)[0]["job_id"] for rid in races}
     assert len(race_jobs) == len(races)
     for job_id in race_jobs:
         assert recorder.runs[job_id] == 1
         # Each session that submitted the request gets the one result, once.
-        assert len(results_of(on_b, job_id)) == len(results_of(on_c, job_id)) == 1
+        assert len(on_b.results(job_id)) == len(on_c.results(job_id)) == 1
     # One job_assign per job: no second job, no second dispatch of one attempt.
     assert agent.stats.jobs_assigned - warm_jobs == len(races)
     assert agent.stats.duplicate_assigns == 0
@@ -263,35 +227,26 @@ async def test_session_resumed_on_another_instance_gets_the_result_finished_whil
     a, b, c = multi.instances
     gate = asyncio.Event()
     recorder = Recorder(delay_s=0.0, progress=False, gate=gate)
-    await peers.node(a, multi.token(3), service, recorder, max_jobs=2)
+    await peers.agent(a, multi.token(3), service, recorder, max_jobs=2)
     on_b = await peers.session(b, multi.key)
-    accepted = await on_b.submit("away-1", service, {"x": 1})
+    accepted = await on_b.submit_until_accepted("away-1", service, {"x": 1})
     job_id = accepted["job_id"]
     await asyncio.wait_for(recorder.started.wait(), RESULT_WAIT_S)
     assert recorder.runs[job_id] == 1
     await on_b.close()  # the session leaves B while its job runs on A's node
 
     gate.set()
-    deadline = time.monotonic() + RESULT_WAIT_S
-    while True:
-        status, body = await asyncio.to_thread(
-            http_json, "GET", f"{a.url}/api/v1/jobs/{job_id}", api_key=multi.key
-        )
-        assert status == 200, body
-        if body["status"] in TERMINAL:
-            break
-        assert time.monotonic() < deadline, body
-        await asyncio.sleep(0.05)
+    body = await job_until_terminal(a.url, multi.key, job_id, timeout=RESULT_WAIT_S)
     assert body["status"] == "FINISHED", body
 
     on_c = await peers.session(c, multi.key, session_id=on_b.session_id)
     assert on_c.session_id == on_b.session_id, "the session was not resumed"
     assert on_c.instance_id == c.instance_id
-    result = await on_c.result(job_id)
+    result = await on_c.expect("job_result", job_id=job_id)
     assert result["ok"] is True and result["result"]["echo"] == {"x": 1}, result
-    await asyncio.sleep(SETTLE_S)
-    assert len(results_of(on_c, job_id)) == 1
-    assert results_of(on_b, job_id) == []
+    await settle()
+    assert len(on_c.results(job_id)) == 1
+    assert on_b.results(job_id) == []
 
 
 async def test_max_jobs_holds_under_concurrent_submits_from_two_instances(
@@ -301,8 +256,8 @@ async def test_max_jobs_holds_under_concurrent_submits_from_two_instances(
     limits = {"A": 2, "B": 1}
     recorders = {name: Recorder(delay_s=0.15, progress=False) for name in limits}
     agents = {
-        "A": await peers.node(a, multi.token(0), service, recorders["A"], max_jobs=limits["A"]),
-        "B": await peers.node(b, multi.token(1), service, recorders["B"], max_jobs=limits["B"]),
+        "A": await peers.agent(a, multi.token(0), service, recorders["A"], max_jobs=limits["A"]),
+        "B": await peers.agent(b, multi.token(1), service, recorders["B"], max_jobs=limits["B"]),
     }
     sessions = [await peers.session(b, multi.key), await peers.session(c, multi.key)]
     # Both snapshots know both nodes before the contention (UNKNOWN_SERVICE until then).
@@ -322,12 +277,12 @@ async def test_max_jobs_holds_under_concurrent_submits_from_two_instances(
     batches = await asyncio.gather(
         *(submitter(s, f"{i}-{k}") for i, s in enumerate(sessions) for k in range(3))
     )
-    await asyncio.sleep(SETTLE_S)
+    await settle()
 
     job_ids = [job_id for batch in batches for job_id in batch]
     assert len(set(job_ids)) == 18
     for job_id in job_ids:
-        assert sum(len(results_of(s, job_id)) for s in sessions) == 1
+        assert sum(len(s.results(job_id)) for s in sessions) == 1
     runs = recorders["A"].runs + recorders["B"].runs
     assert runs == Counter(dict.fromkeys([*job_ids, *(w["job_id"] for w in warm)], 1))
     for name, agent in agents.items():
@@ -358,44 +313,49 @@ LOAD_AFTER_S = 2.0
 
 
 async def test_draining_an_instance_under_load_loses_no_accepted_job(
-    multi: Multi, tmp_path: Path, caplog: pytest.LogCaptureFixture, service: str
+    multi: Multi,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    service: str,
+    redis: RedisCluster,
 ) -> None:
     """Two instances behind a load balancer, nodes and sessions on both, jobs flowing; SIGUSR1
     drains A: its sockets close with 1012, its peers reconnect to B through the balancer
     (sessions resume and re-send unanswered submits), every accepted job gets exactly one
     result, and A exits 0 within DRAIN_GRACE plus a few seconds."""
     caplog.set_level(logging.INFO, logger="scheduler_sdk")
-    deployment = Deployment(tmp_path / "drain", multi.redis_url, multi.template, DRAIN_ENV)
+    # A copy of the module's database, so that its node tokens and API key work here too.
+    deployment = Deployment(
+        tmp_path / "drain", multi.deployment.redis_url, multi.deployment.db, DRAIN_ENV
+    )
     balancer: Balancer | None = None
-    agents: list[NodeAgent] = []
-    clients: list[SessionClient] = []
-    watcher: RawSession | None = None
+    connected = Peers()  # closed before the balancer and the instances go
     try:
         a, b = deployment.start_instances("A", "B")
         balancer = Balancer([a, b])
         await balancer.start()
         recorders = [Recorder(delay_s=0.4, progress=False) for _ in range(DRAIN_NODES)]
         backoff = Backoff(initial_s=0.1, max_s=1.0)
-        for n, recorder in enumerate(recorders):
-            agent = node_agent(
-                balancer.ws, multi.token(n), service, recorder, max_jobs=3, backoff=backoff
+        agents = [
+            await connected.agent(
+                balancer, multi.token(n), service, recorder, max_jobs=3, backoff=backoff
             )
-            agents.append(agent)
-            await agent.start(timeout_s=10)
+            for n, recorder in enumerate(recorders)
+        ]
         results: list[Counter[str]] = [Counter() for _ in range(DRAIN_SESSIONS)]
-        for n in range(DRAIN_SESSIONS):
-            client = session_client(
-                balancer.ws,
+        clients = [
+            await connected.client(
+                balancer,
                 multi.key,
                 backoff=backoff,
                 on_result=lambda r, c=results[n]: c.update([r.job_id]),
             )
-            clients.append(client)
-            await client.connect(timeout_s=10)
+            for n in range(DRAIN_SESSIONS)
+        ]
         on_a = {id(p) for p in [*agents, *clients] if p.instance_id == a.instance_id}
         assert {p.instance_id for p in agents} == {a.instance_id, b.instance_id}
         assert {c.instance_id for c in clients} == {a.instance_id, b.instance_id}
-        watcher = await RawSession.open(a.ws, multi.key)  # sees A's close code as sent
+        watcher = await connected.session(a, multi.key)  # sees A's close code as sent
 
         accepted: dict[str, tuple[int, str]] = {}  # request_id -> (session, job_id)
         outcomes: dict[str, SessionJobResult] = {}
@@ -449,12 +409,10 @@ async def test_draining_an_instance_under_load_loses_no_accepted_job(
         accepted_at_exit = len(accepted)
         await asyncio.sleep(LOAD_AFTER_S)  # the load goes on, on B only
         node_ids = [agent.node_id for agent in agents]
-        busy = await asyncio.to_thread(
-            node_reservations, multi.redis_url, deployment.hot_prefix, node_ids
-        )
+        busy = await node_reservations(redis, deployment.hot_prefix, node_ids)
         stop.set()
         await asyncio.wait_for(asyncio.gather(*load), 45)
-        await asyncio.sleep(SETTLE_S)
+        await settle()
 
         assert code == 0, f"A exited with {code} after {exit_s:.1f} s\n{deployment.logs()}"
         assert watcher.close_code == 1012
@@ -480,15 +438,10 @@ async def test_draining_an_instance_under_load_loses_no_accepted_job(
         assert set(runs) >= {job_id for _, job_id in accepted.values()}
         # Every slot came back: no reservation outlived its job (a leak would hold a slot
         # until RESERVATION_TTL).
-        held = node_reservations(multi.redis_url, deployment.hot_prefix, node_ids)
+        held = await node_reservations(redis, deployment.hot_prefix, node_ids)
         assert sum(busy.values()) > 0 and held == dict.fromkeys(node_ids, 0), (busy, held)
     finally:
-        if watcher is not None:
-            await watcher.close()
-        for client in clients:
-            await client.close()
-        for agent in agents:
-            await agent.stop(grace_s=0)
+        await connected.close()
         if balancer is not None:
             await balancer.close()
         deployment.close()

@@ -8,15 +8,15 @@ what it was sent. Each test offers a service of its own, so no test's nodes take
 from __future__ import annotations
 
 import asyncio
-import secrets
 from collections import Counter
-from dataclasses import dataclass, field
 
 import pytest
 
-from scheduler_sdk import Job, Violation
-from tests.e2e.conftest import Peers, System
-from tests.e2e.peers import Frame, RawNode, RawSession, http
+from tests.e2e.harness.deployment import System
+from tests.e2e.harness.http import http, job_until_terminal
+from tests.e2e.harness.peers import Peers
+from tests.e2e.harness.raw import Frame, RawNode, RawSession, settle
+from tests.e2e.harness.sdk import Recorder
 
 pytestmark = pytest.mark.e2e
 
@@ -26,17 +26,6 @@ E2E_ENV = {"ACK_TIMEOUT": str(ACK_TIMEOUT_S)}
 # so the same id is simply tried again.
 RETRYABLE = ("NO_AVAILABLE_NODE", "RATE_LIMITED")
 RETRY_DELAY_S = 0.12  # 4 submitters per session stay under the 50 frames/s limit
-SETTLE_S = 0.5  # how long a test waits for a copy that should never come
-
-
-@pytest.fixture(scope="module")
-def api_key(e2e_system: System) -> str:
-    return e2e_system.api_key("acme")
-
-
-@pytest.fixture
-def service() -> str:
-    return f"svc-{secrets.token_hex(4)}"
 
 
 def jobs_url(system: System, *parts: str) -> str:
@@ -56,59 +45,12 @@ async def http_job(system: System, api_key: str, job_id: str) -> Frame:
     return body
 
 
-async def http_until_terminal(
-    system: System, api_key: str, job_id: str, timeout: float = 10.0
-) -> Frame:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        body = await http_job(system, api_key, job_id)
-        if body["status"] in ("FINISHED", "FAILED", "CANCELLED", "TIMED_OUT"):
-            return body
-        assert loop.time() < deadline, f"job {job_id} not finished within {timeout} s: {body}"
-        await asyncio.sleep(0.1)
-
-
 async def submit_until_accepted(
-    session: RawSession, request_id: str, service: str, payload: Frame, timeout: float = 20.0
+    session: RawSession, request_id: str, service: str, payload: Frame
 ) -> Frame:
-    """Submit until accepted; a retryable rejection is retried under the same request id."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        await session.submit(request_id, service, payload)
-        reply = await session.reply(request_id)
-        if reply["type"] == "job_accepted":
-            return reply
-        assert reply["type"] == "job_rejected" and reply["code"] in RETRYABLE, reply
-        assert loop.time() < deadline, f"{request_id} not accepted within {timeout} s"
-        await asyncio.sleep(RETRY_DELAY_S)
-
-
-async def settle() -> None:
-    await asyncio.sleep(SETTLE_S)
-
-
-@dataclass
-class NodeProbe:
-    """What one SDK node lived through, recorded on the node side."""
-
-    seconds: float
-    running: int = 0
-    most_running: int = 0
-    ran: list[str] = field(default_factory=list)
-    violations: list[Violation] = field(default_factory=list)
-
-    async def handler(self, job: Job) -> dict:
-        self.running += 1
-        self.most_running = max(self.most_running, self.running)
-        self.ran.append(job.job_id)
-        try:
-            await asyncio.sleep(self.seconds)
-            await job.progress(1.0, {"stage": "done"})
-            return {"n": job.payload["n"], "job_id": job.job_id}
-        finally:
-            self.running -= 1
+    return await session.submit_until_accepted(
+        request_id, service, payload, retry=RETRYABLE, retry_delay_s=RETRY_DELAY_S
+    )
 
 
 # --- results --------------------------------------------------------------------------------
@@ -117,14 +59,12 @@ class NodeProbe:
 async def test_every_accepted_job_gets_its_result_exactly_once(
     e2e_system: System, peers: Peers, api_key: str, service: str
 ) -> None:
-    probes = [NodeProbe(seconds=0.03) for _ in range(2)]
+    recorders = [Recorder(delay_s=0.03) for _ in range(2)]
     agents = [
-        await peers.agent(
-            token, service, max_jobs=3, handler=probe.handler, on_violation=probe.violations.append
-        )
-        for probe, token in zip(probes, e2e_system.node_tokens(2), strict=True)
+        await peers.agent(e2e_system, token, service, recorder, max_jobs=3)
+        for recorder, token in zip(recorders, e2e_system.node_tokens(2), strict=True)
     ]
-    session = peers.track(await RawSession.start(e2e_system.ws, api_key))
+    session = await peers.session(e2e_system, api_key)
     slots = asyncio.Semaphore(6)  # the nodes' slots: keep that many in flight
 
     async def one(n: int) -> tuple[Frame, Frame]:
@@ -140,13 +80,14 @@ async def test_every_accepted_job_gets_its_result_exactly_once(
     assert len(set(job_ids)) == 24
     for n, (accepted, result) in enumerate(done):
         assert result["request_id"] == f"once-{n}" == accepted["request_id"]
-        assert result["ok"] is True and result["result"] == {"n": n, "job_id": accepted["job_id"]}
+        assert result["ok"] is True
+        assert result["result"] == {"echo": {"n": n}, "job_id": accepted["job_id"]}
     results = Counter(f["job_id"] for f in session.frames if f["type"] == "job_result")
     assert results == Counter(job_ids), "a result came more or less than once"
     assert session.count("job_progress") >= 1  # relayed while the session was there
     assert session.errors() == []
-    assert sorted(job for probe in probes for job in probe.ran) == sorted(job_ids)
-    assert all(probe.violations == [] for probe in probes)
+    assert sum((recorder.runs for recorder in recorders), Counter()) == Counter(job_ids)
+    assert all(agent.stats.violations == [] for agent in agents)
     assert all(not agent.stats.errors_received for agent in agents)
 
 
@@ -157,13 +98,12 @@ async def test_a_repeated_request_id_yields_one_job_and_one_dispatch(
     e2e_system: System, peers: Peers, api_key: str, service: str
 ) -> None:
     (token,) = e2e_system.node_tokens(1)
-    node = peers.track(await RawNode.start(e2e_system.ws, token, [service]))
-    first = peers.track(await RawSession.start(e2e_system.ws, api_key))
-    second = peers.track(await RawSession.start(e2e_system.ws, api_key))
+    node = await peers.node(e2e_system, token, [service])
+    first = await peers.session(e2e_system, api_key)
+    second = await peers.session(e2e_system, api_key)
 
-    await first.submit("same", service, {"v": 1})
-    accepted = await first.reply("same")
-    assert accepted["type"] == "job_accepted" and accepted["node_id"] == node.node_id, accepted
+    accepted = await first.submit_accepted("same", service, {"v": 1})
+    assert accepted["node_id"] == node.node_id, accepted
     job_id = accepted["job_id"]
     assign = await node.expect("job_assign", job_id=job_id)
     await node.report("job_ack", job_id, assign["attempt"])
@@ -182,7 +122,7 @@ async def test_a_repeated_request_id_yields_one_job_and_one_dispatch(
         assert result["request_id"] == "same"
 
     # After the job ended: a new session of the tenant joins it and gets the result at once.
-    third = peers.track(await RawSession.start(e2e_system.ws, api_key))
+    third = await peers.session(e2e_system, api_key)
     await third.submit("same", service, {"v": 4})
     assert await third.reply("same") == accepted
     assert (await third.expect("job_result", job_id=job_id))["result"] == {"text": "one"}
@@ -200,11 +140,9 @@ async def test_a_request_repeated_over_http_joins_the_same_job(
     e2e_system: System, peers: Peers, api_key: str, service: str
 ) -> None:
     (token,) = e2e_system.node_tokens(1)
-    node = peers.track(await RawNode.start(e2e_system.ws, token, [service]))
-    session = peers.track(await RawSession.start(e2e_system.ws, api_key))
-    await session.submit("both-ways", service, {"v": 1})
-    accepted = await session.reply("both-ways")
-    assert accepted["type"] == "job_accepted", accepted
+    node = await peers.node(e2e_system, token, [service])
+    session = await peers.session(e2e_system, api_key)
+    accepted = await session.submit_accepted("both-ways", service, {"v": 1})
     job_id = accepted["job_id"]
     assign = await node.expect("job_assign", job_id=job_id)
     await node.report("job_ack", job_id, 1)
@@ -231,14 +169,14 @@ async def test_a_job_submitted_over_http_ends_without_an_error_to_its_node(
     e2e_system: System, peers: Peers, api_key: str, service: str
 ) -> None:
     (token,) = e2e_system.node_tokens(1)
-    node = peers.track(await RawNode.start(e2e_system.ws, token, [service]))
+    node = await peers.node(e2e_system, token, [service])
     status, body = await http_submit(e2e_system, api_key, "http-only", service, {"v": 1})
     assert status == 202, body
     job_id = body["job_id"]
     await node.expect("job_assign", job_id=job_id)
     await node.report("job_ack", job_id, 1)
     await node.report("job_result", job_id, 1, ok=True, result={"text": "http"})
-    finished = await http_until_terminal(e2e_system, api_key, job_id)
+    finished = await job_until_terminal(e2e_system.url, api_key, job_id)
     assert (finished["status"], finished["result"]) == ("FINISHED", {"text": "http"})
     await settle()
     assert node.errors() == [], "the node's valid job_result was answered with an error"
@@ -255,14 +193,12 @@ async def test_concurrent_repeats_yield_one_job_and_one_dispatch(
     e2e_system: System, peers: Peers, api_key: str, service: str, http_submitters: int
 ) -> None:
     (token,) = e2e_system.node_tokens(1)
-    node = peers.track(await RawNode.start(e2e_system.ws, token, [service], max_jobs=4))
-    sessions = [peers.track(await RawSession.start(e2e_system.ws, api_key)) for _ in range(3)]
+    node = await peers.node(e2e_system, token, [service], max_jobs=4)
+    sessions = [await peers.session(e2e_system, api_key) for _ in range(3)]
 
     async def over_ws(session: RawSession, request_id: str, n: int) -> str:
-        await session.submit(request_id, service, {"n": n})
-        reply = await session.reply(request_id, timeout=10)
-        assert reply["type"] == "job_accepted", reply
-        return str(reply["job_id"])
+        accepted = await session.submit_accepted(request_id, service, {"n": n}, timeout=10)
+        return str(accepted["job_id"])
 
     async def over_http(request_id: str, n: int) -> str:
         status, body = await http_submit(e2e_system, api_key, request_id, service, {"n": n})
@@ -301,18 +237,12 @@ async def test_concurrent_submits_never_give_a_node_more_than_max_jobs(
     e2e_system: System, peers: Peers, api_key: str, service: str
 ) -> None:
     max_jobs = 2
-    probes = [NodeProbe(seconds=0.15) for _ in range(2)]
-    agents = []
-    for probe, token in zip(probes, e2e_system.node_tokens(2), strict=True):
-        agent = await peers.agent(
-            token,
-            service,
-            max_jobs=max_jobs,
-            handler=probe.handler,
-            on_violation=probe.violations.append,
-        )
-        agents.append(agent)
-    sessions = [peers.track(await RawSession.start(e2e_system.ws, api_key)) for _ in range(3)]
+    recorders = [Recorder(delay_s=0.15) for _ in range(2)]
+    agents = [
+        await peers.agent(e2e_system, token, service, recorder, max_jobs=max_jobs)
+        for recorder, token in zip(recorders, e2e_system.node_tokens(2), strict=True)
+    ]
+    sessions = [await peers.session(e2e_system, api_key) for _ in range(3)]
     ws_results: dict[str, Frame] = {}
     http_jobs: list[str] = []
 
@@ -348,21 +278,22 @@ async def test_concurrent_submits_never_give_a_node_more_than_max_jobs(
         *(http_submitter(f"h{t}") for t in range(4)),
     )
     for job_id in http_jobs:
-        body = await http_until_terminal(e2e_system, api_key, job_id)
+        body = await job_until_terminal(e2e_system.url, api_key, job_id)
         assert body["status"] == "FINISHED", body
     await settle()
 
     # The node side's own books: an assignment while holding max_jobs is a Violation (the
     # agent queues it rather than run it, so a handler never runs above max_jobs anyway).
-    for probe, agent in zip(probes, agents, strict=True):
-        assert probe.violations == [], f"node {agent.node_id} was given more than {max_jobs}"
+    for recorder, agent in zip(recorders, agents, strict=True):
+        violations = agent.stats.violations
+        assert violations == [], f"node {agent.node_id} was given more than {max_jobs}"
         assert agent.stats.max_held_seen <= max_jobs, agent.stats
-        assert probe.most_running <= max_jobs
-        assert probe.ran, f"node {agent.node_id} got no job"
+        assert recorder.max_running <= max_jobs
+        assert recorder.runs, f"node {agent.node_id} got no job"
         assert not agent.stats.errors_received, agent.stats.errors_received
-    ran = [job for probe in probes for job in probe.ran]
-    assert len(ran) == len(set(ran)) == 3 * 4 * 3 + 4 * 3, "a job ran twice or not at all"
-    assert set(ran) == set(ws_results) | set(http_jobs)
+    runs = sum((recorder.runs for recorder in recorders), Counter())
+    assert sum(runs.values()) == len(runs) == 3 * 4 * 3 + 4 * 3, "a job ran twice or not at all"
+    assert set(runs) == set(ws_results) | set(http_jobs)
     for session in sessions:
         results = Counter(f["job_id"] for f in session.frames if f["type"] == "job_result")
         assert set(results.values()) == {1}, results
@@ -375,9 +306,7 @@ async def accepted_on(
     session: RawSession, nodes: list[RawNode], request_id: str, service: str
 ) -> tuple[str, RawNode, RawNode]:
     """Submit once; the job id, the node it went to, and the other node."""
-    await session.submit(request_id, service, {"q": request_id})
-    accepted = await session.reply(request_id)
-    assert accepted["type"] == "job_accepted", accepted
+    accepted = await session.submit_accepted(request_id, service, {"q": request_id})
     chosen = next(node for node in nodes if node.node_id == accepted["node_id"])
     other = next(node for node in nodes if node is not chosen)
     return accepted["job_id"], chosen, other
@@ -386,11 +315,8 @@ async def accepted_on(
 async def test_stale_attempt_and_foreign_node_replies_are_refused_and_change_nothing(
     e2e_system: System, peers: Peers, api_key: str, service: str
 ) -> None:
-    nodes = [
-        peers.track(await RawNode.start(e2e_system.ws, token, [service]))
-        for token in e2e_system.node_tokens(2)
-    ]
-    session = peers.track(await RawSession.start(e2e_system.ws, api_key))
+    nodes = [await peers.node(e2e_system, token, [service]) for token in e2e_system.node_tokens(2)]
+    session = await peers.session(e2e_system, api_key)
     job_id, owner, foreign = await accepted_on(session, nodes, "fenced", service)
     assign = await owner.expect("job_assign", job_id=job_id)
     assert assign["attempt"] == 1
@@ -450,11 +376,8 @@ async def test_stale_attempt_and_foreign_node_replies_are_refused_and_change_not
 async def test_after_a_failover_the_old_attempt_is_stale_and_the_new_node_finishes(
     e2e_system: System, peers: Peers, api_key: str, service: str
 ) -> None:
-    nodes = [
-        peers.track(await RawNode.start(e2e_system.ws, token, [service]))
-        for token in e2e_system.node_tokens(2)
-    ]
-    session = peers.track(await RawSession.start(e2e_system.ws, api_key))
+    nodes = [await peers.node(e2e_system, token, [service]) for token in e2e_system.node_tokens(2)]
+    session = await peers.session(e2e_system, api_key)
     job_id, first, second = await accepted_on(session, nodes, "slow-ack", service)
     await first.expect("job_assign", job_id=job_id, attempt=1)
     # The first node never acks: after ACK_TIMEOUT the job moves to the other node.
@@ -493,11 +416,9 @@ async def test_a_resumed_session_gets_what_finished_while_it_was_away_once(
     e2e_system: System, peers: Peers, api_key: str, service: str
 ) -> None:
     (token,) = e2e_system.node_tokens(1)
-    node = peers.track(await RawNode.start(e2e_system.ws, token, [service]))
-    away = peers.track(await RawSession.start(e2e_system.ws, api_key))
-    await away.submit("while-away", service, {"x": 1})
-    accepted = await away.reply("while-away")
-    assert accepted["type"] == "job_accepted", accepted
+    node = await peers.node(e2e_system, token, [service])
+    away = await peers.session(e2e_system, api_key)
+    accepted = await away.submit_accepted("while-away", service, {"x": 1})
     job_id = accepted["job_id"]
     await node.expect("job_assign", job_id=job_id)
     await node.report("job_ack", job_id, 1)
@@ -507,17 +428,17 @@ async def test_a_resumed_session_gets_what_finished_while_it_was_away_once(
     # The job progresses and finishes while no socket holds the session.
     await node.report("job_progress", job_id, 1, progress=0.5)
     await node.report("job_result", job_id, 1, ok=True, result={"text": "done"})
-    assert (await http_until_terminal(e2e_system, api_key, job_id))["status"] == "FINISHED"
+    assert (await job_until_terminal(e2e_system.url, api_key, job_id))["status"] == "FINISHED"
 
     # Another tenant naming the session id starts a session of its own and gets nothing.
     other_key = e2e_system.api_key("other-tenant")
-    stranger = peers.track(await RawSession.start(e2e_system.ws, other_key, away.session_id))
+    stranger = await peers.session(e2e_system, other_key, away.session_id)
     assert stranger.session_id != away.session_id
     await settle()
     assert stranger.count("job_result") == 0, stranger.frames
     await stranger.close()
 
-    back = peers.track(await RawSession.start(e2e_system.ws, api_key, away.session_id))
+    back = await peers.session(e2e_system, api_key, away.session_id)
     assert back.session_id == away.session_id
     result = await back.expect("job_result", job_id=job_id)
     assert result["ok"] is True and result["result"] == {"text": "done"}, result
@@ -529,7 +450,7 @@ async def test_a_resumed_session_gets_what_finished_while_it_was_away_once(
     await back.close()
 
     # Delivered means delivered: resuming again brings no second copy.
-    again = peers.track(await RawSession.start(e2e_system.ws, api_key, away.session_id))
+    again = await peers.session(e2e_system, api_key, away.session_id)
     assert again.session_id == away.session_id
     await settle()
     assert again.count("job_result") == 0, again.frames
@@ -542,8 +463,8 @@ async def test_cancelled_and_timed_out_jobs_are_reported_once_and_free_their_slo
     e2e_system: System, peers: Peers, api_key: str, service: str
 ) -> None:
     (token,) = e2e_system.node_tokens(1)
-    node = peers.track(await RawNode.start(e2e_system.ws, token, [service], max_jobs=1))
-    session = peers.track(await RawSession.start(e2e_system.ws, api_key))
+    node = await peers.node(e2e_system, token, [service], max_jobs=1)
+    session = await peers.session(e2e_system, api_key)
 
     # Cancelled by the session: the node is told, the session gets CANCELLED once.
     cancelled = await submit_until_accepted(session, "to-cancel", service, {})
@@ -556,9 +477,7 @@ async def test_cancelled_and_timed_out_jobs_are_reported_once_and_free_their_slo
     assert result["ok"] is False and result["error"]["code"] == "CANCELLED", result
 
     # The node's only slot is free at once: the next job goes to it, and times out there.
-    await session.submit("to-time-out", service, {}, timeout_ms=1000)
-    timed = await session.reply("to-time-out")
-    assert timed["type"] == "job_accepted", timed
+    timed = await session.submit_accepted("to-time-out", service, {}, timeout_ms=1000)
     await node.expect("job_assign", job_id=timed["job_id"])
     await node.report("job_ack", timed["job_id"], 1)
     await session.submit("while-full", service, {})
@@ -571,8 +490,7 @@ async def test_cancelled_and_timed_out_jobs_are_reported_once_and_free_their_slo
     # A late result changes nothing, the slot is free again, and an ended job cannot be
     # cancelled.
     await node.report("job_result", timed["job_id"], 1, ok=True, result={"late": True})
-    await session.submit("after", service, {})
-    assert (await session.reply("after"))["type"] == "job_accepted"
+    await session.submit_accepted("after", service, {})
     await session.send({"type": "job_cancel", "job_id": cancelled["job_id"]})
     await session.expect_error("JOB_NOT_FOUND", job_id=cancelled["job_id"])
     await settle()

@@ -23,14 +23,9 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from conftest import ROOT, free_port
-from tests.e2e.multi import (
-    Deployment,
-    kill_tree,
-    prepare_database,
-    tail,
-    wait_ready,
-)
+from tests.e2e.harness.deployment import Deployment
+from tests.e2e.harness.processes import ROOT, kill_tree, tail, wait_answering
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -143,10 +138,10 @@ def finish(process: subprocess.Popen[str]) -> str:
 
 
 def test_serve_survives_simulate_and_a_rolling_drain_then_stops_cleanly(
-    tmp_path: Path, redis_cluster_url: str
+    tmp_path: Path, redis_cluster_url: str, e2e_template_db: Path
 ) -> None:
-    template, credentials = prepare_database(tmp_path / "template", tenants=["acme"])
-    deployment = Deployment(tmp_path / "serve", redis_cluster_url, template, SERVE_ENV)
+    deployment = Deployment(tmp_path / "serve", redis_cluster_url, e2e_template_db, SERVE_ENV)
+    api_key = deployment.api_key("acme")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     serve, log = deployment.popen(
@@ -163,7 +158,7 @@ def test_serve_survives_simulate_and_a_rolling_drain_then_stops_cleanly(
     )
     sims: list[subprocess.Popen[str]] = []
     try:
-        wait_ready(url, process=serve, log=log)
+        wait_answering(f"{url}/readyz", process=serve, log=log)
         wait_for(lambda: len(children(serve, is_daphne)) == 2, 20, "two instances", log)
         assert len(children(serve, is_worker)) == 1
 
@@ -198,13 +193,13 @@ def test_serve_survives_simulate_and_a_rolling_drain_then_stops_cleanly(
         finish(sims[-1])
         assert re.search(r"instance-\d exited with 0; restarting", log.read_text()), tail(log)
         assert len(children(serve, is_daphne)) == 2
-        wait_ready(url, process=serve, log=log)
+        wait_answering(f"{url}/readyz", process=serve, log=log)
 
         # 3. SIGTERM: serve drains (a connected peer is told to go elsewhere), exits 0 and
         # leaves nothing running.
         descendants = psutil.Process(serve.pid).children(recursive=True)
         assert descendants
-        init = {"type": "session_init", "api_key": credentials.api_keys["acme"]}
+        init = {"type": "session_init", "api_key": api_key}
         ws_url = f"ws://127.0.0.1:{port}/ws/session/"
         with connect(ws_url, proxy=None, compression=None) as peer:
             peer.send(json.dumps(init))

@@ -11,8 +11,8 @@ import sys
 
 import pytest
 
-from conftest import ROOT
-from tests.e2e.conftest import System
+from tests.e2e.harness.deployment import System
+from tests.e2e.harness.processes import ROOT
 
 pytestmark = pytest.mark.e2e
 

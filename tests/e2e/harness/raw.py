@@ -1,8 +1,8 @@
-"""Raw WebSocket and HTTP peers for the end-to-end tests.
+"""Raw WebSocket peers: sessions, and nodes that misbehave on purpose.
 
-The session side and the nodes that must misbehave on purpose speak PROTOCOL.md here frame by
-frame, with the ``websockets`` client and ``urllib`` and nothing of the SDK, so what the tests
-assert is what any independent client would see on the wire. Every wait is bounded.
+They speak PROTOCOL.md frame by frame with the ``websockets`` client and nothing of the SDK, so
+that what the tests assert is what any independent client would see on the wire. Every wait is
+bounded.
 """
 
 from __future__ import annotations
@@ -10,9 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import urllib.error
-import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -20,15 +18,27 @@ from websockets.exceptions import ConnectionClosed
 
 Frame = dict[str, Any]
 
-DEFAULT_WAIT_S = 5.0
+WAIT_S = 10.0
 RESOURCES = {"cpu_pct": 5.0, "mem_pct": 10.0}
+# Rejections a submit meets legitimately while every slot is taken or a snapshot is still
+# catching up (a node registered on another instance is schedulable everywhere within about a
+# second); a request id is not bound by a rejection, so the same id is simply tried again.
+RETRYABLE = frozenset({"NO_AVAILABLE_NODE", "UNKNOWN_SERVICE", "RATE_LIMITED"})
+# How long a test waits for a frame that must not come.
+SETTLE_S = 0.5
+
+
+async def settle() -> None:
+    """Give a frame that must not come the time to come anyway."""
+    await asyncio.sleep(SETTLE_S)
 
 
 class RawPeer:
     """One WebSocket; a reader task keeps every frame received, in order, in ``frames``.
 
     ``expect`` hands out matching frames one at a time (a frame is taken once), so two waits
-    for the same type return two different frames, and ``count`` looks at everything received.
+    for the same type return two different frames; ``of_type`` and ``count`` look at
+    everything received.
     """
 
     def __init__(self, ws: ClientConnection) -> None:
@@ -41,9 +51,7 @@ class RawPeer:
 
     @classmethod
     async def open(cls, url: str, **kwargs: Any) -> RawPeer:
-        # proxy=None: the scheduler is on loopback, never reached through an environment proxy.
-        ws = await connect(url, compression=None, proxy=None, open_timeout=DEFAULT_WAIT_S, **kwargs)
-        return cls(ws)
+        return cls(await _connect(url, **kwargs))
 
     async def _read(self) -> None:
         try:
@@ -71,7 +79,7 @@ class RawPeer:
         self,
         type_: str,
         *,
-        timeout: float = DEFAULT_WAIT_S,
+        timeout: float = WAIT_S,
         where: Callable[[Frame], bool] | None = None,
         **fields: Any,
     ) -> Frame:
@@ -87,7 +95,7 @@ class RawPeer:
         )
 
     async def expect_any(
-        self, where: Callable[[Frame], bool], *, timeout: float = DEFAULT_WAIT_S, what: str = ""
+        self, where: Callable[[Frame], bool], *, timeout: float = WAIT_S, what: str = ""
     ) -> Frame:
         """The next frame not yet taken for which ``where`` holds; AssertionError after
         ``timeout`` s or when the socket closes first."""
@@ -108,9 +116,7 @@ class RawPeer:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), remaining)
 
-    async def expect_error(
-        self, code: str, *, timeout: float = DEFAULT_WAIT_S, **ref: Any
-    ) -> Frame:
+    async def expect_error(self, code: str, *, timeout: float = WAIT_S, **ref: Any) -> Frame:
         """The next ``error`` frame with ``code`` whose ``ref`` holds ``ref``."""
         return await self.expect(
             "error",
@@ -119,18 +125,22 @@ class RawPeer:
             where=lambda f: all((f.get("ref") or {}).get(k) == v for k, v in ref.items()),
         )
 
-    def count(self, type_: str, **fields: Any) -> int:
-        return sum(
-            1
+    def of_type(self, type_: str, **fields: Any) -> list[Frame]:
+        """Every frame received of ``type_`` whose ``fields`` match, taken or not."""
+        return [
+            frame
             for frame in self.frames
             if frame.get("type") == type_
             and all(frame.get(key) == value for key, value in fields.items())
-        )
+        ]
+
+    def count(self, type_: str, **fields: Any) -> int:
+        return len(self.of_type(type_, **fields))
 
     def errors(self) -> list[Frame]:
-        return [frame for frame in self.frames if frame.get("type") == "error"]
+        return self.of_type("error")
 
-    async def wait_closed(self, timeout: float = DEFAULT_WAIT_S) -> int | None:
+    async def wait_closed(self, timeout: float = WAIT_S) -> int | None:
         """The close code the scheduler sent, once the socket is closed."""
         await asyncio.wait_for(asyncio.shield(self._reader), timeout)
         return self.close_code
@@ -142,24 +152,33 @@ class RawPeer:
 
     async def close(self) -> None:
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.ws.close(), DEFAULT_WAIT_S)
+            await asyncio.wait_for(self.ws.close(), WAIT_S)
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(asyncio.shield(self._reader), DEFAULT_WAIT_S)
+            await asyncio.wait_for(asyncio.shield(self._reader), WAIT_S)
 
 
 class RawSession(RawPeer):
-    session_id: str = ""
+    """A session: ``start`` authenticates it; ``ready`` is its ``session_ready``."""
+
+    ready: Frame
+
+    @property
+    def session_id(self) -> str:
+        return str(self.ready["session_id"])
+
+    @property
+    def instance_id(self) -> str:
+        return str(self.ready["instance_id"])
 
     @classmethod
     async def start(cls, ws_base: str, api_key: str, session_id: str | None = None) -> RawSession:
         """A session authenticated with ``api_key`` (resuming ``session_id`` if given)."""
-        session = await cls.open(f"{ws_base}/ws/session/")
+        session = cls(await _connect(f"{ws_base}/ws/session/"))
         init: Frame = {"type": "session_init", "api_key": api_key}
         if session_id is not None:
             init["session_id"] = session_id
         await session.send(init)
-        ready = await session.expect("session_ready")
-        session.session_id = ready["session_id"]
+        session.ready = await session.expect("session_ready")
         return session
 
     async def submit(
@@ -175,7 +194,7 @@ class RawSession(RawPeer):
             }
         )
 
-    async def reply(self, request_id: str, *, timeout: float = DEFAULT_WAIT_S) -> Frame:
+    async def reply(self, request_id: str, *, timeout: float = WAIT_S) -> Frame:
         """The next ``job_accepted`` or ``job_rejected`` (or ``error``) about ``request_id``."""
         return await self.expect_any(
             lambda f: (
@@ -192,8 +211,46 @@ class RawSession(RawPeer):
             what=f"reply to {request_id}",
         )
 
+    async def submit_accepted(
+        self,
+        request_id: str,
+        service: str,
+        payload: Frame | None = None,
+        *,
+        timeout: float = WAIT_S,
+        **extra: Any,
+    ) -> Frame:
+        """Submit once; the ``job_accepted`` that must answer it."""
+        await self.submit(request_id, service, payload, **extra)
+        reply = await self.reply(request_id, timeout=timeout)
+        assert reply["type"] == "job_accepted", reply
+        return reply
+
+    async def submit_until_accepted(
+        self,
+        request_id: str,
+        service: str,
+        payload: Frame,
+        *,
+        retry: Collection[str] = RETRYABLE,
+        timeout: float = 20.0,
+        retry_delay_s: float = 0.1,
+    ) -> Frame:
+        """Submit until ``job_accepted``; a refusal whose code is in ``retry`` is tried again
+        under the same request id, until ``timeout`` s."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            await self.submit(request_id, service, payload)
+            reply = await self.reply(request_id, timeout=max(deadline - loop.time(), WAIT_S))
+            if reply["type"] == "job_accepted":
+                return reply
+            if reply.get("code") not in retry or loop.time() >= deadline:
+                raise AssertionError(f"submit {request_id} refused: {reply}")
+            await asyncio.sleep(retry_delay_s)
+
     def results(self, job_id: str) -> list[Frame]:
-        return [f for f in self.frames if f.get("type") == "job_result" and f["job_id"] == job_id]
+        return self.of_type("job_result", job_id=job_id)
 
 
 class RawNode(RawPeer):
@@ -214,7 +271,7 @@ class RawNode(RawPeer):
     async def start(
         cls, ws_base: str, token: str, services: list[str], *, max_jobs: int = 1
     ) -> RawNode:
-        node = await cls.open(f"{ws_base}/ws/node/")
+        node = cls(await _connect(f"{ws_base}/ws/node/"))
         await node.send(
             {
                 "type": "node_register",
@@ -253,21 +310,6 @@ class RawNode(RawPeer):
         await super().close()
 
 
-def http(
-    method: str, url: str, *, api_key: str | None = None, body: Any = None, raw: bytes | None = None
-) -> tuple[int, Frame]:
-    """One HTTP request with the standard library (blocking: run it in a thread from async code).
-
-    Environment proxies are ignored: every request goes straight to the loopback scheduler.
-    """
-    data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
-    request = urllib.request.Request(url, data=data, method=method)
-    request.add_header("Content-Type", "application/json")
-    if api_key is not None:
-        request.add_header("Authorization", f"Bearer {api_key}")
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    try:
-        with opener.open(request, timeout=10) as response:
-            return response.status, json.loads(response.read() or b"null")
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read() or b"null")
+async def _connect(url: str, **kwargs: Any) -> ClientConnection:
+    # proxy=None: the scheduler is on loopback, never reached through an environment proxy.
+    return await connect(url, compression=None, proxy=None, open_timeout=WAIT_S, **kwargs)

@@ -188,6 +188,12 @@ def submit(request_id: str, service: str = "asr", **extra: Any) -> dict[str, Any
     }
 
 
+async def submitted(session: Peer, request_id: str, **extra: Any) -> dict[str, Any]:
+    """Submit from ``session``; the first frame it gets back (its answer)."""
+    await session.send(submit(request_id, **extra))
+    return await session.receive()
+
+
 def heartbeat(running: list[str] | None = None, **extra: Any) -> dict[str, Any]:
     return {"type": "node_heartbeat", "resources": RESOURCES, "running": running or [], **extra}
 

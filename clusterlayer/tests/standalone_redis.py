@@ -1,4 +1,4 @@
-"""A throwaway standalone redis-server on a free loopback port, for tests and benchmarks.
+"""A throwaway standalone redis-server on a free loopback port, for tests and the benchmark.
 
 The conformance tests and the benchmark run channels_redis's RedisChannelLayer beside this
 layer; it needs a standalone (non-cluster) Redis, and this starts one of its own rather than
@@ -12,7 +12,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from dataclasses import dataclass
@@ -22,11 +21,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+from tests.support.ports import free_port
 
 
 @dataclass
