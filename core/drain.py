@@ -9,7 +9,7 @@
    job);
 3. waits for the sockets to go (bounded), stops its duties (each flushes what it batches,
    such as the job history) and unregisters, so senders see at once that it is gone;
-4. stops daphne.
+4. stops daphne, and exits for good ``EXIT_GRACE_S`` later if daphne has not.
 
 Daphne on SIGTERM alone would cancel the consumers without running ``disconnect``, so none of
 this relies on SIGTERM: the drain closes the sockets itself first.
@@ -22,6 +22,8 @@ import logging
 import os
 import signal
 import sys
+import threading
+import time
 from typing import Any
 
 from channels.layers import get_channel_layer
@@ -33,6 +35,9 @@ from hotstate import instances
 from protocol import CloseCode
 
 logger = logging.getLogger(__name__)
+
+# How long daphne may take to stop after the drain before the process exits without it.
+EXIT_GRACE_S = 3.0
 
 
 async def instance_drain(*, grace_s: float | None = None, exit_process: bool = True) -> None:
@@ -74,7 +79,23 @@ async def instance_drain(*, grace_s: float | None = None, exit_process: bool = T
     await _close_channel_layer()
     logger.warning("instance %s drained", INSTANCE_ID)
     if exit_process:
+        threading.Thread(target=_exit_later, name="drain-exit", daemon=True).start()
         os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _exit_later() -> None:
+    """Exit if daphne has not stopped by itself within EXIT_GRACE_S.
+
+    An HTTP request that arrives while daphne stops (a load balancer's /readyz probe learning of
+    the drain) can stay parked in an asgiref executor thread, waiting for the stopped loop; the
+    interpreter's exit joins that thread forever, so the process would never end, not even on a
+    second SIGTERM. Everything the drain owes is done by now: leaving without the rest of the
+    interpreter's shutdown loses nothing.
+    """
+    time.sleep(EXIT_GRACE_S)
+    logger.warning("instance %s: daphne did not stop; exiting", INSTANCE_ID)
+    logging.shutdown()
+    os._exit(0)
 
 
 async def _close_channel_layer() -> None:

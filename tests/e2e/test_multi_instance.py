@@ -445,3 +445,49 @@ async def test_draining_an_instance_under_load_loses_no_accepted_job(
         if balancer is not None:
             await balancer.close()
         deployment.close()
+
+
+HEALTH_PROBES = 16
+READYZ_REQUEST = b"GET /readyz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+
+
+async def _probe_readyz(port: int) -> None:
+    """One load-balancer health check: GET /readyz, read the status line, hang up."""
+    try:
+        async with asyncio.timeout(1.0):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            try:
+                writer.write(READYZ_REQUEST)
+                await reader.readline()
+            finally:
+                writer.close()
+    except (OSError, TimeoutError):
+        pass  # draining, or gone: what a balancer sees then
+
+
+async def test_a_drained_instance_exits_while_health_checks_keep_coming(
+    tmp_path: Path, redis_cluster_url: str, e2e_template_db: Path
+) -> None:
+    """A load balancer keeps probing /readyz while an instance drains (that is how it learns of
+    the drain); a probe that arrives while daphne stops used to stay parked in an asgiref
+    thread and keep the process alive for good. The instance must exit 0 within DRAIN_GRACE
+    plus a few seconds."""
+    deployment = Deployment(tmp_path / "probed", redis_cluster_url, e2e_template_db, DRAIN_ENV)
+    stop = asyncio.Event()
+    probes: list[asyncio.Task[None]] = []
+    try:
+        (a,) = deployment.start_instances("A")
+
+        async def probe() -> None:
+            while not stop.is_set():
+                await _probe_readyz(a.port)
+
+        probes = [asyncio.create_task(probe()) for _ in range(HEALTH_PROBES)]
+        await asyncio.sleep(0.5)
+        a.process.send_signal(signal.SIGUSR1)
+        code = await asyncio.to_thread(a.wait_exit, DRAIN_GRACE_S + 5)
+        assert code == 0, f"the drained instance did not exit (code {code}):\n{a.log()[-4000:]}"
+    finally:
+        stop.set()
+        await asyncio.gather(*probes)
+        deployment.close()
