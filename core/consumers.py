@@ -9,7 +9,7 @@ their own frames.
 A frame about a job (``job_ack``, ``job_submit``, ...) is handled by the app that owns the job
 life cycle, which sits above the apps that own the sockets: it registers its handlers in
 ``FRAME_HANDLERS`` at start-up instead of being imported by the consumers, so imports point one
-way. A test (``tests/test_consumer_base.py``) makes sure every inbound type has a handler.
+way. A test (``tests/test_frame_handlers.py``) checks that every inbound type has a handler.
 """
 
 from __future__ import annotations
