@@ -8,8 +8,8 @@ Each is one atomic script; each is safe to repeat after a ``DependencyDown``.
 from __future__ import annotations
 
 import json
-from collections.abc import Collection
-from dataclasses import dataclass
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 from django.conf import settings
@@ -76,6 +76,7 @@ async def request_claim(
         args=[job_id, lease_ms],
         client=client,
         subject=request_id,
+        durable=True,
     )
     return Claim(won=reply.code is Code.CLAIMED, job_id=reply.text(0))
 
@@ -124,8 +125,10 @@ async def job_create(
 ) -> JobCreated:
     """Create the job in CREATED, attempt 1, unless it exists; subscribe ``session_id`` either way.
 
-    The record and its subscriber set live ``retain_ms`` (default: the request lease). Raises
-    ``Forbidden`` if the job id exists for another tenant.
+    The record and its subscriber set live ``retain_ms`` (default: the request lease). The
+    creation reaches a replica before this returns (``durable``), so ``job_accepted`` is not
+    sent for a job that a primary's failover can forget. Raises ``Forbidden`` if the job id
+    exists for another tenant.
     """
     if timeout_ms < 1:
         raise ValueError(f"timeout_ms must be positive, got {timeout_ms}")
@@ -146,6 +149,7 @@ async def job_create(
         ],
         client=client,
         subject=job_id,
+        durable=True,
     )
     return JobCreated(
         created=reply.code is Code.CREATED,
@@ -182,6 +186,7 @@ async def job_transition(
     result_json: str | None = None,
     error_code: str | None = None,
     error_message: str | None = None,
+    deliver: bool = True,
     client: RedisCluster | None = None,
 ) -> Transition:
     """Move the job to ``to``: compare-and-set on ``attempt``, ``node_id`` and ``from_states``.
@@ -189,7 +194,9 @@ async def job_transition(
     ``node_id`` is required to DISPATCHED (the node assigned) and to ACCEPTED, RUNNING and
     FINISHED (the node reporting); on other moves it is optional and, if given, must be the
     assigned node. ``to=CREATED`` is the failover: attempt + 1, no node. A terminal move stores
-    ``result_json`` / ``error_code`` / ``error_message``. Raises ``JobNotFound``,
+    ``result_json`` / ``error_code`` / ``error_message`` and, unless ``deliver`` is False (a
+    submit rejected before anyone was promised the job), owes the result to the subscribers.
+    Raises ``JobNotFound``,
     ``StaleAttempt``, ``Forbidden`` or ``BadState``; any of them changed nothing.
     """
     if to in NODE_REPORTED_STATES and not node_id:
@@ -205,7 +212,11 @@ async def job_transition(
             node_id or "",
             ",".join(state.value for state in from_states),
             # The outcome travels with terminal moves only: fewer arguments on the hot path.
-            *((result_json or "", error_code or "", error_message or "") if to.terminal else ()),
+            *(
+                (result_json or "", error_code or "", error_message or "", "1" if deliver else "0")
+                if to.terminal
+                else ()
+            ),
         ],
         client=client,
         subject=job_id,
@@ -269,6 +280,8 @@ class JobView:
     error_message: str | None
     finished_ms: int | None
     subscribers: frozenset[str]
+    # Follow-ups left owed by the moves so far ('owe:...' field -> value; see job_transition).
+    owed: Mapping[str, str] = field(default_factory=dict)
 
 
 async def job_get(*, job_id: str, client: RedisCluster | None = None) -> JobView | None:
@@ -301,4 +314,25 @@ async def job_get(*, job_id: str, client: RedisCluster | None = None) -> JobView
         error_message=record.get("error_message") or None,
         finished_ms=int(record["finished_ms"]) if record.get("finished_ms") else None,
         subscribers=frozenset(subscribers),
+        owed={name: value for name, value in record.items() if name.startswith(OWED_PREFIX)},
     )
+
+
+OWED_PREFIX = "owe:"
+
+
+async def job_settle(
+    *, job_id: str, done: Mapping[str, str], client: RedisCluster | None = None
+) -> int:
+    """Mark owed follow-ups done (each field as it was seen); return how many are still owed.
+
+    Raises ``JobNotFound`` if the record is gone.
+    """
+    reply = await SCRIPTS.call(
+        "job_settle",
+        keys=[keys.job_record(job_id)],
+        args=[item for pair in done.items() for item in pair],
+        client=client,
+        subject=job_id,
+    )
+    return reply.number(0)

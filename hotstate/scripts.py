@@ -86,6 +86,14 @@ async def _initialized(client: RedisCluster) -> None:
 
 
 _call_timeout: float | None = None
+_wait_ms: int | None = None
+
+
+def _durable_wait_ms() -> int:
+    global _wait_ms
+    if _wait_ms is None:
+        _wait_ms = int(settings.DURABLE_WAIT_MS)
+    return _wait_ms
 
 
 def _timeout() -> float:
@@ -99,8 +107,11 @@ def _timeout() -> float:
 @receiver(setting_changed)
 def _timeout_changed(*, setting: str, **kwargs: object) -> None:
     global _call_timeout
+    global _wait_ms
     if setting == "REDIS_SOCKET_TIMEOUT":
         _call_timeout = None
+    if setting == "DURABLE_WAIT_MS":
+        _wait_ms = None
 
 
 class ScriptHeaderError(Exception):
@@ -221,10 +232,15 @@ class ScriptRegistry:
         args: Iterable[Arg] = (),
         client: RedisCluster | None = None,
         subject: str = "",
+        durable: bool = False,
     ) -> Reply:
         """Run script ``name``; codes become a :class:`Reply` or a refusal in ``decode``.
 
-        ``subject`` names what the call is about (a job id) in refusal messages.
+        ``subject`` names what the call is about (a job id) in refusal messages. ``durable``:
+        the script's writes reach one replica before the call returns, or ``DURABLE_WAIT_MS``
+        passes (``WAIT`` in the same pipeline, so on the same connection as the script; a
+        replica that lags or is down delays the answer by at most that bound, and the write is
+        then only as safe as its primary: the loss is noticed later, as ``JOB_LOST``).
         """
         script = self.scripts[name]
         if len(keys) != script.numkeys:
@@ -236,7 +252,10 @@ class ScriptRegistry:
         try:
             async with asyncio.timeout(_timeout()), _gate(cluster):
                 await _initialized(cluster)
-                raw = await self._evalsha(cluster, script, keys, args)
+                if durable and _durable_wait_ms():
+                    raw = await self._evalsha_durable(cluster, script, keys, args)
+                else:
+                    raw = await self._evalsha(cluster, script, keys, args)
         except UNAVAILABLE_ERRORS as exc:
             raise DependencyDown(f"{name}: {type(exc).__name__}: {exc}") from exc
         return decode(raw, script=name, declared=script.codes, subject=subject)
@@ -248,15 +267,41 @@ class ScriptRegistry:
             try:
                 return await client.evalsha(script.sha, script.numkeys, *keys, *args)
             except NoScriptError:
-                # A new or newly promoted primary: load the script where the slot lives now.
-                node = client.get_node_from_key(keys[0])
-                if node is None:
-                    raise DependencyDown(f"{script.name}: no primary serves the slot") from None
-                logger.info("loading script %s on %s", script.filename, node.name)
-                await client.execute_command("SCRIPT LOAD", script.source, target_nodes=node)
+                await self._load(client, script, keys)
         raise DependencyDown(
             f"{script.name}: NOSCRIPT {NOSCRIPT_RETRIES} times; the slot keeps moving"
         )
+
+    async def _evalsha_durable(
+        self, client: RedisCluster, script: LuaScript, keys: Sequence[str], args: Iterable[Arg]
+    ) -> Any:
+        for _ in range(NOSCRIPT_RETRIES):
+            node = client.get_node_from_key(keys[0])
+            if node is None:
+                raise DependencyDown(f"{script.name}: no primary serves the slot")
+            # redis-py refuses pipe.evalsha() on a cluster; the raw command is routed by its keys.
+            pipe = client.pipeline(transaction=False)
+            pipe.execute_command("EVALSHA", script.sha, script.numkeys, *keys, *args)
+            pipe.execute_command("WAIT", 1, _durable_wait_ms(), target_nodes=node)
+            try:
+                raw, replicas = await pipe.execute()
+            except NoScriptError:
+                await self._load(client, script, keys)
+                continue
+            if not replicas:
+                logger.debug("%s: no replica confirmed the write in time", script.name)
+            return raw
+        raise DependencyDown(
+            f"{script.name}: NOSCRIPT {NOSCRIPT_RETRIES} times; the slot keeps moving"
+        )
+
+    async def _load(self, client: RedisCluster, script: LuaScript, keys: Sequence[str]) -> None:
+        """A new or newly promoted primary: load the script where the slot lives now."""
+        node = client.get_node_from_key(keys[0])
+        if node is None:
+            raise DependencyDown(f"{script.name}: no primary serves the slot") from None
+        logger.info("loading script %s on %s", script.filename, node.name)
+        await client.execute_command("SCRIPT LOAD", script.source, target_nodes=node)
 
 
 SCRIPTS = ScriptRegistry()

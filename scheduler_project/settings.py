@@ -180,6 +180,9 @@ HOTSTATE_PREFIX = env_str("HOTSTATE_PREFIX", "gs1")
 # Timeouts bound every Redis call, so that a lost cluster is reported, never waited on.
 REDIS_CONNECT_TIMEOUT = env_float("REDIS_CONNECT_TIMEOUT", 1.0, minimum=0.05)
 REDIS_SOCKET_TIMEOUT = env_float("REDIS_SOCKET_TIMEOUT", 5.0, minimum=0.05)
+# How long a durable write (a job's creation, a request's binding) waits for one replica to
+# have it before the scheduler answers anyway (DESIGN.md, "Durability and recovery"); 0: no wait.
+DURABLE_WAIT_MS = env_int("DURABLE_WAIT_MS", 50, minimum=0)
 
 # --- Protocol limits and scheduler tunables (PROTOCOL.md names) -------------------------------
 
