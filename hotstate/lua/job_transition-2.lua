@@ -12,13 +12,21 @@
 -- of them pass through this script, so the first valid one moves the job and the others see
 -- the new state or attempt.
 --
+-- A move away from a node (a failover, or an end) also records on the record what it leaves
+-- owed, each as a field that its doer deletes when done (job_settle; DESIGN.md, "Durability and
+-- recovery"): 'owe:rel:<node>' = attempt (give the node's slot back), 'owe:cancel:<node>' =
+-- 'attempt:reason' (tell the node to stop: a failover, or an end the scheduler decided while the
+-- node held the job) and, on an end, 'owe:deliver' = '1' (put the result in every subscriber's
+-- outbox). Whoever wins the move does them; the timer sweep redoes what is left.
+--
 -- KEYS[1] record         job record (hash)
 -- KEYS[2] subscribers    sessions awaiting the result (set)
 -- ARGV[1] attempt        the attempt the caller acts on; must equal the job's
 -- ARGV[2] to_state
 -- ARGV[3] node_id        the node assigned (to DISPATCHED) or reporting; '' = scheduler
 -- ARGV[4] from_states    comma-separated states the caller expects; '' = any the rules allow
--- ARGV[5..] outcome      terminal moves only: result (JSON or ''), error_code, error_message
+-- ARGV[5..] outcome      terminal moves only: result (JSON or ''), error_code, error_message,
+--                        deliver ('0': nobody is owed the result: a submit answered job_rejected)
 -- RETURN {APPLIED, state, attempt, node_id, subscriber...}  moved; a terminal move lists the
 --                                                           subscribers to deliver to
 -- RETURN {DUPLICATE, state, attempt, node_id}      already in to_state for this attempt/node
@@ -34,6 +42,9 @@ local EDGES = ',CREATED>DISPATCHED,DISPATCHED>ACCEPTED,DISPATCHED>FINISHED,ACCEP
   'DISPATCHED>TIMED_OUT,ACCEPTED>FAILED,ACCEPTED>CANCELLED,ACCEPTED>TIMED_OUT,' ..
   'RUNNING>FAILED,RUNNING>CANCELLED,RUNNING>TIMED_OUT,'
 local TERMINAL = ',FINISHED,FAILED,CANCELLED,TIMED_OUT,'
+-- The reasons a job_cancel frame may name (PROTOCOL.md); any other end is NODE_LOST to the node.
+local CANCEL_REASONS = ',CANCELLED,JOB_TIMEOUT,NODE_LOST,'
+local LOST_REASON = 'NODE_LOST'
 
 local cur = redis.call('HMGET', KEYS[1], 'state', 'attempt', 'node_id')
 local state, attempt, node = cur[1], tonumber(cur[2]), cur[3]
@@ -60,6 +71,9 @@ end
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local held = node ~= '' and state ~= 'CREATED'
+local terminal = string.find(TERMINAL, ',' .. to .. ',', 1, true)
+local result, error_code, error_message, deliver = unpack(ARGV, 5)
 if to == 'CREATED' then
   attempt = attempt + 1
   node = ''
@@ -67,13 +81,27 @@ elseif to == 'DISPATCHED' then
   node = by
 end
 redis.call('HSET', KEYS[1], 'state', to, 'attempt', attempt, 'node_id', node, 'updated_ms', now)
+if held and (to == 'CREATED' or terminal) then
+  redis.call('HSET', KEYS[1], 'owe:rel:' .. cur[3], ARGV[1])
+  if by == '' then
+    -- A node's own end needs no telling; a failover or the scheduler's end does.
+    local reason = LOST_REASON
+    if terminal and string.find(CANCEL_REASONS, ',' .. (error_code or '') .. ',', 1, true) then
+      reason = error_code
+    end
+    redis.call('HSET', KEYS[1], 'owe:cancel:' .. cur[3], ARGV[1] .. ':' .. reason)
+  end
+end
 local reply = {'APPLIED', to, attempt, node}
-if string.find(TERMINAL, ',' .. to .. ',', 1, true) then
-  local result, error_code, error_message = unpack(ARGV, 5)
+if terminal then
   redis.call('HSET', KEYS[1], 'result', result or '', 'error_code', error_code or '',
     'error_message', error_message or '', 'finished_ms', now)
-  -- The subscribers read in this commit get the result from the caller; a session that
-  -- subscribes later sees the terminal state and is served by its own caller. Never both.
+  if deliver ~= '0' then
+    redis.call('HSET', KEYS[1], 'owe:deliver', '1')
+  end
+  -- The subscribers read in this commit get the result from the caller's follow-ups; a
+  -- session that subscribes later sees the terminal state and is served by its own caller.
+  -- Both may happen (a follow-up redone by the sweep); the outbox stores a result once.
   for _, session in ipairs(redis.call('SMEMBERS', KEYS[2])) do
     reply[#reply + 1] = session
   end

@@ -51,6 +51,7 @@ async def tour(client: RedisCluster) -> None:
         job_id=JOB, attempt=1, to=JobState.DISPATCHED, node_id=NODE, client=client
     )
     await jobs.job_subscribe(job_id=JOB, tenant=TENANT, session_id="other", client=client)
+    await jobs.job_settle(job_id=JOB, done={"owe:deliver": "1"}, client=client)
     await slots.slot_release(node_id=NODE, job_id=JOB, client=client)
     await jobs.request_release(tenant=TENANT, request_id=REQUEST, job_id=JOB, client=client)
     entry = await mna.mna_enqueue(
@@ -85,13 +86,14 @@ async def test_every_call_of_every_script_keeps_its_keys_in_one_slot(
     hot: RedisCluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls: dict[str, list[list[str]]] = defaultdict(list)
-    original = ScriptRegistry._evalsha
+    for path in ("_evalsha", "_evalsha_durable"):
+        original = getattr(ScriptRegistry, path)
 
-    async def recording(self, client, script, keys, args):  # type: ignore[no-untyped-def]
-        calls[script.name].append(list(keys))
-        return await original(self, client, script, keys, args)
+        async def recording(self, client, script, keys, args, original=original):  # type: ignore[no-untyped-def]
+            calls[script.name].append(list(keys))
+            return await original(self, client, script, keys, args)
 
-    monkeypatch.setattr(ScriptRegistry, "_evalsha", recording)
+        monkeypatch.setattr(ScriptRegistry, path, recording)
     await tour(hot)
 
     assert set(calls) == set(SCRIPTS.scripts), "scripts the tour does not call"

@@ -1,16 +1,17 @@
 """The job life cycle (writes), by concern.
 
 Every state change is one hot-state script with a compare-and-set on the job's state, attempt
-and node (``hotstate.jobs.job_transition``); whoever's transition applies does the follow-up
-(release the slot, tell the node, deliver the result), so each follow-up happens once however
-many instances race for it. Imports inside the package point one way:
-``submit``, ``reports``, ``timers`` → ``dispatch`` → ``endings``.
+and node (``hotstate.jobs.job_transition``), which also records on the job what the move leaves
+owed (release the slot, tell the node, deliver the result). Whoever's transition applies does
+those follow-ups at once; the timer sweep redoes any a crash or a Redis error left
+(``endings.job_followups``). Each is idempotent, so doing one twice is harmless. Imports
+inside the package point one way: ``submit``, ``reports``, ``timers`` → ``dispatch`` → ``endings``.
 """
 
 from __future__ import annotations
 
 from jobs.services.dispatch import job_dispatch, job_failover, job_redispatch
-from jobs.services.endings import job_cancel, job_end, job_ended
+from jobs.services.endings import job_cancel, job_end, job_followups
 from jobs.services.reports import (
     job_ack,
     job_mna_handle,
@@ -29,8 +30,8 @@ __all__ = [
     "job_check",
     "job_dispatch",
     "job_end",
-    "job_ended",
     "job_failover",
+    "job_followups",
     "job_mna_handle",
     "job_model_not_available",
     "job_progress",

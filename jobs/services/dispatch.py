@@ -18,11 +18,10 @@ from hotstate import slots as hslots
 from hotstate import timers as htimers
 from hotstate.jobs import JobState, JobView
 from jobs.selectors import route_forget
-from jobs.services.endings import job_end
+from jobs.services.endings import job_end, job_followups_now
 from nodes.selectors import node_candidates
-from nodes.services import node_job_cancel
 from nodes.snapshot import snapshot_get
-from protocol import ErrorCode, JobAssign, NodeJobCancel, ServiceRef, dump
+from protocol import ErrorCode, JobAssign, ServiceRef, dump
 
 logger = logging.getLogger(__name__)
 
@@ -147,10 +146,8 @@ async def job_failover(*, job: JobView, code: ErrorCode, reason: str) -> None:
         reason,
         transition.attempt,
     )
-    if job.node_id:
-        await hslots.slot_release(node_id=job.node_id, job_id=job.job_id)
-        cancel = NodeJobCancel(job_id=job.job_id, attempt=job.attempt, reason=ErrorCode.NODE_LOST)
-        await node_job_cancel(node_id=job.node_id, frame=cancel)
+    # The move recorded the old node's slot and cancel as owed: done here, or by the sweep.
+    await job_followups_now(job_id=job.job_id)
     route_forget(job_id=job.job_id)
     await job_redispatch(job_id=job.job_id, exclude=(job.node_id,) if job.node_id else ())
 

@@ -1,42 +1,122 @@
-"""A job's end: the follow-ups of the one transition that ended it, and endings the scheduler
-decides (a session's cancel, a timeout, a node lost for good)."""
+"""A job's follow-ups (what its moves left owed), and endings the scheduler decides (a session's
+cancel, a timeout, a node lost for good).
+
+DESIGN.md, "Durability and recovery": a move away from a node, or to an end, records on the job
+what it leaves owed (``job_transition``); ``job_followups`` does each owed item and marks it
+done (``job_settle``). The winner of the move calls it at once; the timer sweep calls it again
+for whatever a crash or a Redis error left, so a result is late at worst, never lost.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable
+from dataclasses import replace
 
 from core.errors import JobNotFound
+from core.runtime import now_ms
 from hotstate import codes as hcodes
 from hotstate import jobs as hjobs
 from hotstate import slots as hslots
 from hotstate import timers as htimers
+from hotstate.errors import DependencyDown
 from hotstate.jobs import JobState, JobView
 from jobs.history import history_record
 from jobs.selectors import route_forget
 from nodes.services import node_job_cancel
 from nodes.snapshot import snapshot_get
-from protocol import CANCEL_REASONS, ErrorCode, NodeJobCancel
+from protocol import ErrorCode, NodeJobCancel
 from sessions.delivery import result_deliver_to
 
 logger = logging.getLogger(__name__)
 
 UNFINISHED = (JobState.CREATED, JobState.DISPATCHED, JobState.ACCEPTED, JobState.RUNNING)
+# After a follow-up failed, the sweep looks again this soon (if the timer can still be armed).
+FOLLOWUP_RETRY_MS = 1_000
+
+OWE_RELEASE = "owe:rel:"
+OWE_CANCEL = "owe:cancel:"
+OWE_DELIVER = "owe:deliver"
 
 
-async def job_ended(*, job_id: str, node_id: str | None, subscribers: Sequence[str]) -> None:
-    """Follow-up of the one transition that ended the job: free the slot, deliver, record."""
-    if node_id:
-        released = await hslots.slot_release(node_id=node_id, job_id=job_id)
-        snapshot_get().note_released(node_id, live=released.live)
-    await htimers.timer_disarm(job_id=job_id)
+async def job_followups(*, job_id: str) -> JobView | None:
+    """Do what the job's moves left owed, mark each done; the job as read, or None if gone.
+
+    1. Give back each node's slot (``owe:rel:<node>``); releasing twice is harmless.
+    2. Tell each node to stop (``owe:cancel:<node>``); a node ignores a cancel it does not need.
+    3. On an end (``owe:deliver``): put the result in every subscriber's outbox (stored once per
+       session, so redoing it cannot deliver twice), forget the route, record the history.
+    4. Settle what was done. An ended job with nothing owed any more needs no timer.
+
+    A follow-up that fails stays owed; its error is raised after the others ran, and the job's
+    timer is brought forward so the sweep redoes it soon.
+    """
     job = await hjobs.job_get(job_id=job_id)
     if job is None:
+        return None
+    if job.owed:
+        await _do_owed(job)
+    if job.state.terminal:
+        await htimers.timer_disarm(job_id=job_id)
+    return job
+
+
+async def job_followups_now(*, job_id: str) -> None:
+    """The mover's own ``job_followups``: a Redis error leaves them to the sweep, not the caller.
+
+    The move has applied; its caller (a node's result, a cancel, a failover) must not see it
+    fail for a follow-up that the timer sweep will redo.
+    """
+    try:
+        await job_followups(job_id=job_id)
+    except DependencyDown as exc:
+        logger.warning("job %s: follow-ups left to the sweep: %s", job_id, exc)
+
+
+async def _do_owed(job: JobView) -> None:
+    names = list(job.owed)
+    outcomes = await asyncio.gather(
+        *(_followup(job, name) for name in names), return_exceptions=True
+    )
+    done = {
+        name: job.owed[name]
+        for name, outcome in zip(names, outcomes, strict=True)
+        if not isinstance(outcome, BaseException)
+    }
+    failed = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
+    try:
+        owed = await hjobs.job_settle(job_id=job.job_id, done=done) if done else len(names)
+    except hcodes.JobNotFound:
         return
-    await result_deliver_to(job=job, session_ids=subscribers)
-    route_forget(job_id=job_id)
+    if failed or owed:
+        await htimers.timer_arm(job_id=job.job_id, due_ms=now_ms() + FOLLOWUP_RETRY_MS)
+    if failed:
+        raise failed[0]
+
+
+def _followup(job: JobView, name: str) -> Awaitable[None]:
+    if name.startswith(OWE_RELEASE):
+        return _release(job, node_id=name.removeprefix(OWE_RELEASE))
+    if name.startswith(OWE_CANCEL):
+        attempt, _, reason = job.owed[name].partition(":")
+        cancel = NodeJobCancel(job_id=job.job_id, attempt=int(attempt), reason=ErrorCode(reason))
+        return node_job_cancel(node_id=name.removeprefix(OWE_CANCEL), frame=cancel)
+    if name == OWE_DELIVER:
+        return _deliver(job)
+    raise ValueError(f"job {job.job_id}: unknown follow-up {name!r}")
+
+
+async def _release(job: JobView, *, node_id: str) -> None:
+    released = await hslots.slot_release(node_id=node_id, job_id=job.job_id)
+    snapshot_get().note_released(node_id, live=released.live)
+
+
+async def _deliver(job: JobView) -> None:
+    await result_deliver_to(job=job, session_ids=job.subscribers)
+    route_forget(job_id=job.job_id)
     history_record(job=job)
-    logger.debug("job %s ended %s (attempt %s)", job_id, job.state, job.attempt)
+    logger.debug("job %s ended %s (attempt %s)", job.job_id, job.state, job.attempt)
 
 
 async def job_cancel(*, tenant: str, job_id: str) -> JobView:
@@ -56,7 +136,8 @@ async def job_end(*, job: JobView, to: JobState, code: ErrorCode, message: str) 
     """End an unfinished job as the scheduler (cancel, timeout, lost): None if it already ended.
 
     Retries while the job keeps moving underneath (an ack or a failover in between), since the
-    compare-and-set is on the attempt the caller saw.
+    compare-and-set is on the attempt the caller saw. The node told to stop is the one the job
+    was on when the end applied (recorded by the move itself), not the one the caller read.
     """
     current: JobView | None = job
     for _ in range(5):
@@ -78,14 +159,8 @@ async def job_end(*, job: JobView, to: JobState, code: ErrorCode, message: str) 
             return None
         if not transition.applied:
             return None
-        if current.node_id and current.state is not JobState.CREATED:
-            # A job_cancel only names CANCELLED, JOB_TIMEOUT or NODE_LOST; a job failed for
-            # another reason (MODEL_NOT_AVAILABLE after MAX_ATTEMPTS) is lost to its node.
-            reason = code if code in CANCEL_REASONS else ErrorCode.NODE_LOST
-            cancel = NodeJobCancel(job_id=current.job_id, attempt=current.attempt, reason=reason)
-            await node_job_cancel(node_id=current.node_id, frame=cancel)
-        await job_ended(
-            job_id=current.job_id, node_id=current.node_id, subscribers=transition.subscribers
+        await job_followups_now(job_id=current.job_id)
+        return replace(
+            current, state=to, attempt=transition.attempt, error_code=code, error_message=message
         )
-        return await hjobs.job_get(job_id=current.job_id)
     return None

@@ -15,7 +15,7 @@ from hotstate.jobs import JobState
 from hotstate.mna import MnaDecision, MnaEvent
 from jobs.selectors import route_fenced
 from jobs.services.dispatch import check_due_ms, job_failover
-from jobs.services.endings import job_ended
+from jobs.services.endings import job_followups_now
 from protocol import ErrorCode, JobError, ModelNotAvailable, SessionJobProgress, dump
 from sessions.delivery import sessions_notify
 
@@ -68,7 +68,13 @@ async def job_result(
             error_message=error.message if error else "the node reported a failure",
         )
     if transition is not None and transition.applied:
-        await job_ended(job_id=job_id, node_id=node_id, subscribers=transition.subscribers)
+        await job_followups_now(job_id=job_id)
+    elif transition is not None:
+        # A repeat of the node's final report: if the first one's follow-ups failed, this is
+        # a chance to finish them now rather than at the sweep.
+        job = await hjobs.job_get(job_id=job_id)
+        if job is not None and job.owed:
+            await job_followups_now(job_id=job_id)
 
 
 async def _node_transition(

@@ -8,15 +8,19 @@ import json
 import logging
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from django.conf import settings
 
 from core.credentials import id_new
 from core.errors import BadMessage, NoAvailableNode, PayloadTooLarge
+from core.runtime import now_ms
 from hotstate import codes as hcodes
 from hotstate import jobs as hjobs
+from hotstate import timers as htimers
+from hotstate.errors import DependencyDown
 from hotstate.jobs import JobState, JobView
-from jobs.services.dispatch import job_dispatch
+from jobs.services.dispatch import ack_timeout_ms, job_dispatch
 from nodes.snapshot import snapshot_get
 from protocol import ErrorCode, JobSubmit, ServiceRef
 from sessions.delivery import result_deliver_to
@@ -64,10 +68,19 @@ async def job_submit(*, tenant: str, session_id: str, submit: JobSubmit) -> Acce
     snapshot_get().require_known_service(submit.service.id)
     job_id = id_new(prefix="j")
     lease_ms = hjobs.request_lease_ms(timeout_ms)
-    for _ in range(3):
-        claim = await hjobs.request_claim(
+    for round_ in range(3):
+        claiming = hjobs.request_claim(
             tenant=tenant, request_id=submit.request_id, job_id=job_id, lease_ms=lease_ms
         )
+        if round_ == 0:
+            # The job's timer exists before its record (DESIGN.md): whatever fails after the
+            # create, the sweep comes back to the job. A claim lost to an earlier job leaves a
+            # timer for nothing, which the sweep disarms.
+            claim, _ = await asyncio.gather(
+                claiming, htimers.timer_arm(job_id=job_id, due_ms=_first_check_ms())
+            )
+        else:
+            claim = await claiming
         if claim.won:
             break
         joined = await _join_existing(
@@ -78,7 +91,7 @@ async def job_submit(*, tenant: str, session_id: str, submit: JobSubmit) -> Acce
         # The earlier job was rejected and its binding released meanwhile: judge afresh.
     else:
         raise NoAvailableNode("the request is being retried concurrently; try again")
-    await hjobs.job_create(
+    await _create(
         job_id=job_id,
         tenant=tenant,
         request_id=submit.request_id,
@@ -89,12 +102,37 @@ async def job_submit(*, tenant: str, session_id: str, submit: JobSubmit) -> Acce
         payload_json=payload_json,
         timeout_ms=timeout_ms,
     )
-    node_id = await _dispatch_first(job_id=job_id)
+    try:
+        node_id = await _dispatch_first(job_id=job_id)
+    except DependencyDown:
+        # Nobody has been told of the job: end it quietly if it is still waiting, or leave it
+        # to its timer (a retry of the request joins it).
+        with contextlib.suppress(DependencyDown):
+            await _reject(tenant=tenant, request_id=submit.request_id, job_id=job_id)
+        raise
     if node_id is None:
         await _reject(tenant=tenant, request_id=submit.request_id, job_id=job_id)
         raise NoAvailableNode(f"no online node can take service {_service_name(submit.service)}")
     logger.debug("job %s accepted for request %s on node %s", job_id, submit.request_id, node_id)
     return Accepted(job_id=job_id, request_id=submit.request_id, node_id=node_id)
+
+
+def _first_check_ms() -> int:
+    # Late enough that the create (bounded by REDIS_SOCKET_TIMEOUT) has returned or failed.
+    bound_ms = int(settings.REDIS_SOCKET_TIMEOUT * 1000)
+    return now_ms() + max(ack_timeout_ms(), 2 * bound_ms)
+
+
+async def _create(*, tenant: str, request_id: str, job_id: str, **fields: Any) -> None:
+    """Create the record; if that fails, free the request id for a retry (best effort)."""
+    try:
+        await hjobs.job_create(job_id=job_id, tenant=tenant, request_id=request_id, **fields)
+    except DependencyDown:
+        # The create may have happened: the timer armed first looks at the job then.
+        with contextlib.suppress(DependencyDown):
+            if await hjobs.job_get(job_id=job_id) is None:
+                await hjobs.request_release(tenant=tenant, request_id=request_id, job_id=job_id)
+        raise
 
 
 async def _dispatch_first(*, job_id: str) -> str | None:
@@ -107,8 +145,9 @@ async def _dispatch_first(*, job_id: str) -> str | None:
 async def _reject(*, tenant: str, request_id: str, job_id: str) -> None:
     # The job never reached a node; FAILED keeps the record consistent for anyone who joined in
     # the meantime (they see NO_AVAILABLE_NODE on attempt 1 and answer job_rejected too).
-    # A refusal means a cancel got there first: nothing to undo.
-    with contextlib.suppress(hcodes.Refused):
+    # A refusal means a cancel or a dispatch got there first: the job stands, and so does its
+    # request's binding.
+    try:
         await hjobs.job_transition(
             job_id=job_id,
             attempt=1,
@@ -116,7 +155,10 @@ async def _reject(*, tenant: str, request_id: str, job_id: str) -> None:
             from_states=(JobState.CREATED,),
             error_code=ErrorCode.NO_AVAILABLE_NODE,
             error_message="no available node",
+            deliver=False,
         )
+    except hcodes.Refused:
+        return
     await hjobs.request_release(tenant=tenant, request_id=request_id, job_id=job_id)
 
 

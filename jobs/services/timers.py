@@ -10,7 +10,7 @@ from hotstate import nodes as hnodes
 from hotstate import timers as htimers
 from hotstate.jobs import JobState
 from jobs.services.dispatch import ack_timeout_ms, check_due_ms, job_failover, job_redispatch
-from jobs.services.endings import job_end
+from jobs.services.endings import job_end, job_followups
 from protocol import ErrorCode
 
 logger = logging.getLogger(__name__)
@@ -21,7 +21,7 @@ TIMER_BATCH = 200
 async def job_check(*, job_id: str) -> None:
     """The timer duty's look at one job whose timer came due.
 
-    1. Ended: nothing to do.
+    1. Owed follow-ups (a crash or a Redis error after a move): redo them. Ended: that is all.
     2. Past its deadline: TIMED_OUT, the node gets job_cancel{JOB_TIMEOUT}.
     3. CREATED (waiting for a node after a failover): dispatch again.
     4. DISPATCHED and not acked within ACK_TIMEOUT: fail over (NODE_LOST).
@@ -29,9 +29,15 @@ async def job_check(*, job_id: str) -> None:
     6. Otherwise look again later.
     """
     job = await hjobs.job_get(job_id=job_id)
-    if job is None or job.state.terminal:
+    if job is None:
+        # Never created (a lost claim armed it first), or gone: the sessions' own sweep
+        # answers a job they were promised with JOB_LOST.
         await htimers.timer_disarm(job_id=job_id)
         return
+    if job.owed or job.state.terminal:
+        await job_followups(job_id=job_id)
+        if job.state.terminal:
+            return
     now = now_ms()
     if now >= job.deadline_ms:
         await job_end(

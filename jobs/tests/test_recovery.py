@@ -1,0 +1,165 @@
+"""Recovery of the job life cycle (DESIGN.md, "Durability and recovery").
+
+Each test forces one interleaving that lost a job before the follow-ups were recorded on the
+job itself: a Redis error right after the final transition, a crash between a job's creation
+and its dispatch, and a cancel racing a dispatch. The sweep (the timer duty of this test's own
+scheduler) must finish what was left, so the session gets its result and no slot stays held.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from core.runtime import now_ms
+from hotstate import jobs as hjobs
+from hotstate import keys
+from hotstate import slots as hslots
+from hotstate.client import get_client
+from hotstate.errors import DependencyDown
+from hotstate.jobs import JobState
+from jobs import services as jobs
+from jobs.services import endings, submit
+from protocol import ErrorCode, JobSubmit, ServiceRef
+from tests.support.inprocess import (
+    accepted_job,
+    eventually,
+    job_state,
+    new_api_key,
+    online_node,
+    online_session,
+    reply,
+)
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("scheduler")]
+
+
+def job_submit(request_id: str) -> JobSubmit:
+    return JobSubmit(request_id=request_id, service=ServiceRef(id="asr"), payload={"a": 1})
+
+
+def fail_once(monkeypatch: pytest.MonkeyPatch, module: Any, name: str) -> list[str]:
+    """Make ``module.name`` raise DependencyDown on its first call, as a Redis error would."""
+    original = getattr(module, name)
+    calls: list[str] = []
+
+    async def failing(**kwargs: Any) -> Any:
+        calls.append(name)
+        if len(calls) == 1:
+            raise DependencyDown(f"{name}: injected")
+        return await original(**kwargs)
+
+    monkeypatch.setattr(module, name, failing)
+    return calls
+
+
+async def slot_free(node_id: str, job_id: str) -> bool:
+    client = get_client()
+    return await client.zscore(keys.node_reservations(node_id), job_id) is None
+
+
+async def nothing_owed(job_id: str) -> bool:
+    job = await hjobs.job_get(job_id=job_id)
+    return job is not None and not job.owed
+
+
+async def test_a_result_whose_delivery_fails_after_the_final_transition_still_arrives(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    node_id, node = await online_node("gpu")
+    _, session = await online_session(await new_api_key("acme"))
+    assign = await accepted_job(session, node, "r-1")
+    calls = fail_once(monkeypatch, endings, "result_deliver_to")
+    await node.send(reply(assign, "job_result", ok=True, result={"text": "hi"}))
+    result = await session.receive_type("job_result", timeout=10)
+    assert (result["job_id"], result["ok"], result["result"]) == (
+        assign["job_id"],
+        True,
+        {"text": "hi"},
+    )
+    assert len(calls) == 2, "the sweep redid the delivery"
+    await eventually(lambda: nothing_owed(assign["job_id"]), timeout=5)
+    assert await slot_free(node_id, assign["job_id"])
+    # A repeat of the node's report changes nothing and the session gets no second result.
+    await node.send(reply(assign, "job_result", ok=True, result={"text": "hi"}))
+    assert await session.nothing(0.3)
+
+
+async def test_a_slot_release_that_fails_after_a_result_is_redone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    node_id, node = await online_node("gpu", max_jobs=1)
+    _, session = await online_session(await new_api_key("acme"))
+    assign = await accepted_job(session, node, "r-1")
+    fail_once(monkeypatch, hslots, "slot_release")
+    await node.send(reply(assign, "job_result", ok=True))
+    assert (await session.receive_type("job_result"))["ok"] is True
+    await eventually(lambda: slot_free(node_id, assign["job_id"]), timeout=10)
+    await eventually(lambda: nothing_owed(assign["job_id"]), timeout=5)
+
+
+async def test_a_cancel_whose_follow_ups_fail_still_reaches_the_session_and_the_node(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _, node = await online_node("gpu")
+    _, session = await online_session(await new_api_key("acme"))
+    assign = await accepted_job(session, node, "r-1")
+    fail_once(monkeypatch, endings, "result_deliver_to")
+    ended = await jobs.job_cancel(tenant="acme", job_id=assign["job_id"])
+    assert ended.state is JobState.CANCELLED
+    cancel = await node.receive_type("job_cancel")
+    assert (cancel["job_id"], cancel["reason"]) == (assign["job_id"], "CANCELLED")
+    result = await session.receive_type("job_result", timeout=10)
+    assert result["error"]["code"] == "CANCELLED"
+
+
+async def test_a_job_whose_submitter_crashed_between_create_and_dispatch_is_dispatched(
+    monkeypatch: pytest.MonkeyPatch, settings: Any
+) -> None:
+    settings.ACK_TIMEOUT = 0.5
+    settings.REDIS_SOCKET_TIMEOUT = 0.5
+    _, node = await online_node("gpu")
+
+    async def crash(**kwargs: Any) -> None:
+        raise RuntimeError("the process died here")
+
+    monkeypatch.setattr(submit, "_dispatch_first", crash)
+    with pytest.raises(RuntimeError):
+        await jobs.job_submit(tenant="acme", session_id="", submit=job_submit("r-1"))
+    monkeypatch.undo()
+    assign = await node.receive_type("job_assign", timeout=10)
+    assert (await job_state(assign["job_id"]))[0] is JobState.DISPATCHED
+    # A retry of the request joins that job rather than making another.
+    retry = await jobs.job_submit(tenant="acme", session_id="", submit=job_submit("r-1"))
+    assert (retry.job_id, retry.duplicate) == (assign["job_id"], True)
+
+
+async def test_a_cancel_racing_a_dispatch_stops_the_node_the_job_landed_on() -> None:
+    node_id, node = await online_node("gpu", max_jobs=1)
+    await hjobs.job_create(
+        job_id="j_race", tenant="acme", request_id="r-1", session_id="", service_id="asr",
+        service_version=None, features=(), payload_json="{}", timeout_ms=60_000,
+    )  # fmt: skip
+    # The cancel reads the job while it waits for a node...
+    stale = await hjobs.job_get(job_id="j_race")
+    assert stale is not None and stale.node_id is None
+    # ... a dispatch places it meanwhile ...
+    assert await jobs.job_dispatch(job=stale, exclude=()) == node_id
+    assert (await node.receive_type("job_assign"))["job_id"] == "j_race"
+    # ... and the cancel applies to the job as it is now: on that node.
+    ended = await jobs.job_end(
+        job=stale, to=JobState.CANCELLED, code=ErrorCode.CANCELLED, message="test"
+    )
+    assert ended is not None and ended.state is JobState.CANCELLED
+    cancel = await node.receive_type("job_cancel")
+    assert (cancel["job_id"], cancel["reason"]) == ("j_race", "CANCELLED")
+    assert await slot_free(node_id, "j_race")
+
+
+async def test_a_timer_fired_before_anything_was_created_is_disarmed() -> None:
+    from hotstate import timers as htimers
+
+    await htimers.timer_arm(job_id="j_never", due_ms=now_ms())
+    await jobs.job_check(job_id="j_never")
+    assert "j_never" not in await htimers.timers_claim(now_ms=now_ms() + 60_000, limit=1000)
