@@ -109,6 +109,30 @@ async def job_dispatch(*, job: JobView, exclude: Collection[str]) -> str | None:
     return None
 
 
+async def job_reject(*, tenant: str, request_id: str, job_id: str) -> bool:
+    """End a job nobody was told of (its submit answers, or answered, ``job_rejected``).
+
+    The job never reached a node; FAILED keeps the record consistent for anyone who joined in
+    the meantime (they see NO_AVAILABLE_NODE on attempt 1 and answer job_rejected too), no
+    result is owed to anyone, and the request id is freed so that a retry is judged afresh.
+    False if a cancel or a dispatch got there first: the job stands, and so does its binding.
+    """
+    try:
+        await hjobs.job_transition(
+            job_id=job_id,
+            attempt=1,
+            to=JobState.FAILED,
+            from_states=(JobState.CREATED,),
+            error_code=ErrorCode.NO_AVAILABLE_NODE,
+            error_message="no available node",
+            deliver=False,
+        )
+    except hcodes.Refused:
+        return False
+    await hjobs.request_release(tenant=tenant, request_id=request_id, job_id=job_id)
+    return True
+
+
 def ack_timeout_ms() -> int:
     return int(settings.ACK_TIMEOUT * 1000)
 

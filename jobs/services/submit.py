@@ -20,7 +20,7 @@ from hotstate import jobs as hjobs
 from hotstate import timers as htimers
 from hotstate.errors import DependencyDown
 from hotstate.jobs import JobState, JobView
-from jobs.services.dispatch import ack_timeout_ms, job_dispatch
+from jobs.services.dispatch import ack_timeout_ms, job_dispatch, job_reject
 from nodes.snapshot import snapshot_get
 from protocol import ErrorCode, JobSubmit, ServiceRef
 from sessions.delivery import result_deliver_to
@@ -108,10 +108,10 @@ async def job_submit(*, tenant: str, session_id: str, submit: JobSubmit) -> Acce
         # Nobody has been told of the job: end it quietly if it is still waiting, or leave it
         # to its timer (a retry of the request joins it).
         with contextlib.suppress(DependencyDown):
-            await _reject(tenant=tenant, request_id=submit.request_id, job_id=job_id)
+            await job_reject(tenant=tenant, request_id=submit.request_id, job_id=job_id)
         raise
     if node_id is None:
-        await _reject(tenant=tenant, request_id=submit.request_id, job_id=job_id)
+        await job_reject(tenant=tenant, request_id=submit.request_id, job_id=job_id)
         raise NoAvailableNode(f"no online node can take service {_service_name(submit.service)}")
     logger.debug("job %s accepted for request %s on node %s", job_id, submit.request_id, node_id)
     return Accepted(job_id=job_id, request_id=submit.request_id, node_id=node_id)
@@ -140,26 +140,6 @@ async def _dispatch_first(*, job_id: str) -> str | None:
     if job is None:
         return None
     return await job_dispatch(job=job, exclude=())
-
-
-async def _reject(*, tenant: str, request_id: str, job_id: str) -> None:
-    # The job never reached a node; FAILED keeps the record consistent for anyone who joined in
-    # the meantime (they see NO_AVAILABLE_NODE on attempt 1 and answer job_rejected too).
-    # A refusal means a cancel or a dispatch got there first: the job stands, and so does its
-    # request's binding.
-    try:
-        await hjobs.job_transition(
-            job_id=job_id,
-            attempt=1,
-            to=JobState.FAILED,
-            from_states=(JobState.CREATED,),
-            error_code=ErrorCode.NO_AVAILABLE_NODE,
-            error_message="no available node",
-            deliver=False,
-        )
-    except hcodes.Refused:
-        return
-    await hjobs.request_release(tenant=tenant, request_id=request_id, job_id=job_id)
 
 
 async def _join_existing(

@@ -9,7 +9,13 @@ from hotstate import jobs as hjobs
 from hotstate import nodes as hnodes
 from hotstate import timers as htimers
 from hotstate.jobs import JobState
-from jobs.services.dispatch import ack_timeout_ms, check_due_ms, job_failover, job_redispatch
+from jobs.services.dispatch import (
+    ack_timeout_ms,
+    check_due_ms,
+    job_failover,
+    job_redispatch,
+    job_reject,
+)
 from jobs.services.endings import job_end, job_followups
 from protocol import ErrorCode
 
@@ -22,11 +28,12 @@ async def job_check(*, job_id: str) -> None:
     """The timer duty's look at one job whose timer came due.
 
     1. Owed follow-ups (a crash or a Redis error after a move): redo them. Ended: that is all.
-    2. Past its deadline: TIMED_OUT, the node gets job_cancel{JOB_TIMEOUT}.
-    3. CREATED (waiting for a node after a failover): dispatch again.
-    4. DISPATCHED and not acked within ACK_TIMEOUT: fail over (NODE_LOST).
-    5. Its node is offline (no presence): fail over (NODE_LOST).
-    6. Otherwise look again later.
+    2. Never dispatched (CREATED, attempt 1): its submit failed midway; end it quietly.
+    3. Past its deadline: TIMED_OUT, the node gets job_cancel{JOB_TIMEOUT}.
+    4. CREATED (waiting for a node after a failover): dispatch again.
+    5. DISPATCHED and not acked within ACK_TIMEOUT: fail over (NODE_LOST).
+    6. Its node is offline (no presence): fail over (NODE_LOST).
+    7. Otherwise look again later.
     """
     job = await hjobs.job_get(job_id=job_id)
     if job is None:
@@ -38,6 +45,12 @@ async def job_check(*, job_id: str) -> None:
         await job_followups(job_id=job_id)
         if job.state.terminal:
             return
+    if job.state is JobState.CREATED and job.attempt == 1:
+        # Never dispatched by its first check: its submitter crashed, or Redis failed it,
+        # between the create and the dispatch, so its session never heard job_accepted. End it
+        # as that submit would have: quietly, the request id free for a retry.
+        await job_reject(tenant=job.tenant, request_id=job.request_id, job_id=job_id)
+        return
     now = now_ms()
     if now >= job.deadline_ms:
         await job_end(

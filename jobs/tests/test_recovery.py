@@ -8,6 +8,7 @@ scheduler) must finish what was left, so the session gets its result and no slot
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -25,12 +26,12 @@ from protocol import ErrorCode, JobSubmit, ServiceRef
 from tests.support.inprocess import (
     accepted_job,
     eventually,
-    job_state,
     new_api_key,
     online_node,
     online_session,
     reply,
 )
+from tests.support.inprocess import submit as submit_frame
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("scheduler")]
 
@@ -114,9 +115,11 @@ async def test_a_cancel_whose_follow_ups_fail_still_reaches_the_session_and_the_
     assert result["error"]["code"] == "CANCELLED"
 
 
-async def test_a_job_whose_submitter_crashed_between_create_and_dispatch_is_dispatched(
+async def test_a_job_whose_submitter_crashed_between_create_and_dispatch_ends_quietly(
     monkeypatch: pytest.MonkeyPatch, settings: Any
 ) -> None:
+    """Its session never heard job_accepted, so the job must neither hang (a retry would join
+    a job that never ends) nor run (its session would get a result it never asked for)."""
     settings.ACK_TIMEOUT = 0.5
     settings.REDIS_SOCKET_TIMEOUT = 0.5
     _, node = await online_node("gpu")
@@ -128,11 +131,23 @@ async def test_a_job_whose_submitter_crashed_between_create_and_dispatch_is_disp
     with pytest.raises(RuntimeError):
         await jobs.job_submit(tenant="acme", session_id="", submit=job_submit("r-1"))
     monkeypatch.undo()
-    assign = await node.receive_type("job_assign", timeout=10)
-    assert (await job_state(assign["job_id"]))[0] is JobState.DISPATCHED
-    # A retry of the request joins that job rather than making another.
+    claim = await hjobs.request_claim(
+        tenant="acme", request_id="r-1", job_id="j_probe", lease_ms=1000
+    )
+    crashed = claim.job_id
+
+    async def rejected() -> bool:
+        job = await hjobs.job_get(job_id=crashed)
+        return job is not None and job.state is JobState.FAILED
+
+    await eventually(rejected, timeout=10)
+    job = await hjobs.job_get(job_id=crashed)
+    assert job is not None
+    assert (job.error_code, job.node_id, job.owed) == ("NO_AVAILABLE_NODE", None, {})
+    # The request id is free again: a retry makes a new job, which runs.
     retry = await jobs.job_submit(tenant="acme", session_id="", submit=job_submit("r-1"))
-    assert (retry.job_id, retry.duplicate) == (assign["job_id"], True)
+    assert retry.job_id != crashed and not retry.duplicate
+    assert (await node.receive_type("job_assign"))["job_id"] == retry.job_id
 
 
 async def test_a_cancel_racing_a_dispatch_stops_the_node_the_job_landed_on() -> None:
@@ -163,3 +178,30 @@ async def test_a_timer_fired_before_anything_was_created_is_disarmed() -> None:
     await htimers.timer_arm(job_id="j_never", due_ms=now_ms())
     await jobs.job_check(job_id="j_never")
     assert "j_never" not in await htimers.timers_claim(now_ms=now_ms() + 60_000, limit=1000)
+
+
+async def test_a_submit_stalled_on_redis_holds_up_neither_other_submits_nor_results(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A primary that stalls its writes for seconds (CLIENT PAUSE WRITE) stalls the submits that
+    touch it; the session's other submits, and results for its earlier jobs, go on."""
+    _, node = await online_node("gpu", max_jobs=4)
+    _, session = await online_session(await new_api_key("acme"))
+    earlier = await accepted_job(session, node, "r-earlier")
+    stall = asyncio.Event()
+    original = jobs.job_submit
+
+    async def stalled(**kwargs: Any) -> Any:
+        if kwargs["submit"].request_id == "r-stalled":
+            await stall.wait()
+        return await original(**kwargs)
+
+    monkeypatch.setattr(jobs, "job_submit", stalled)
+    await session.send(submit_frame("r-stalled"))
+    await session.send(submit_frame("r-next"))
+    accepted = await session.receive_type("job_accepted")
+    assert accepted["request_id"] == "r-next"
+    await node.send(reply(earlier, "job_result", ok=True))
+    assert (await session.receive_type("job_result"))["job_id"] == earlier["job_id"]
+    stall.set()
+    assert (await session.receive_type("job_accepted"))["request_id"] == "r-stalled"
