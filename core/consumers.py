@@ -66,21 +66,38 @@ class SessionSocket(Protocol):
 
 
 class FrameHandlers:
-    """Handlers that apps register for a peer kind's frames, by message type (start-up only)."""
+    """Handlers that apps register for a peer kind's frames, by message type (start-up only).
+
+    A ``concurrent`` handler runs in a task of its own, so that one slow frame (a Redis primary
+    stalled for seconds) does not hold up the socket's next frames, nor the results delivered to
+    it meanwhile. Only frames whose order does not matter may be concurrent.
+    """
 
     def __init__(self) -> None:
         self._handlers: dict[tuple[str, str], Handler] = {}
+        self._concurrent: set[tuple[str, str]] = set()
 
-    def register(self, peer: Peer, message_type: str, handler: Handler) -> None:
+    def register(
+        self, peer: Peer, message_type: str, handler: Handler, *, concurrent: bool = False
+    ) -> None:
         if self._handlers.get((peer, message_type), handler) is not handler:
             raise ValueError(f"{peer} frame {message_type!r} already has a handler")
         self._handlers[(peer, message_type)] = handler
+        if concurrent:
+            self._concurrent.add((peer, message_type))
 
     def get(self, peer: Peer, message_type: str) -> Handler | None:
         return self._handlers.get((peer, message_type))
 
+    def concurrent(self, peer: Peer, message_type: str) -> bool:
+        return (peer, message_type) in self._concurrent
+
 
 FRAME_HANDLERS = FrameHandlers()
+# Concurrent frames one socket may have in flight before it stops reading (backpressure).
+MAX_CONCURRENT_FRAMES = 64
+# Tasks of concurrent frames, held until they end (the event loop keeps only weak references).
+_in_flight: set[asyncio.Future[None]] = set()
 
 
 def frame_bytes_over(raw: str | bytes, limit: int) -> bool:
@@ -220,6 +237,12 @@ class PeerConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         if handler is None:
             await self.send_error(ErrorCode.BAD_MESSAGE, "already authenticated", ref_of(frame))
             return
+        if FRAME_HANDLERS.concurrent(self.peer, kind):
+            await self._spawn(handler, frame)
+        else:
+            await self._handle(handler, frame)
+
+    async def _handle(self, handler: Handler, frame: Frame) -> None:
         try:
             await handler(self, frame)
         except Exception as exc:
@@ -227,6 +250,26 @@ class PeerConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             if code == ErrorCode.INTERNAL_ERROR:
                 logger.exception("%s frame %s failed", self.peer, frame.type)  # type: ignore[attr-defined]
             await self.on_handler_error(frame, code, message)
+
+    async def _spawn(self, handler: Handler, frame: Frame) -> None:
+        """Handle ``frame`` in a task of its own; past MAX_CONCURRENT_FRAMES in flight on this
+        socket, wait for one to end first (the socket's reading slows down: backpressure).
+
+        A task outlives its socket's close: its work (a submit) is bounded by the Redis call
+        timeouts and its reply goes nowhere.
+        """
+        slots = self.__dict__.get("_frame_slots")
+        if slots is None:
+            slots = self._frame_slots = asyncio.Semaphore(MAX_CONCURRENT_FRAMES)
+        await slots.acquire()
+        task = asyncio.ensure_future(self._handle(handler, frame))
+        _in_flight.add(task)
+
+        def done(task: asyncio.Future[None]) -> None:
+            _in_flight.discard(task)
+            slots.release()
+
+        task.add_done_callback(done)
 
     # --- hooks for subclasses -----------------------------------------------------------------
 

@@ -87,5 +87,7 @@ def register() -> None:
     }
     for message_type, handler in node_frames.items():
         FRAME_HANDLERS.register("node", message_type, handler)
-    FRAME_HANDLERS.register("session", "job_submit", on_submit)
-    FRAME_HANDLERS.register("session", "job_cancel", on_cancel)
+    # A session's submits and cancels are independent of each other (each reply names its
+    # request or job), so one stalled on Redis does not hold up the others, nor its results.
+    FRAME_HANDLERS.register("session", "job_submit", on_submit, concurrent=True)
+    FRAME_HANDLERS.register("session", "job_cancel", on_cancel, concurrent=True)
