@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
+import time
+from dataclasses import dataclass, field
 
 from core.events import JobProgressEvent
 from core.runtime import INSTANCE_ID
+from core.state import STATE
 from hotstate import codes as hcodes
 from hotstate import jobs as hjobs
 from hotstate import mna as hmna
@@ -123,13 +126,52 @@ async def job_progress(
     await sessions_notify(session_ids=route.subscribers, event=JobProgressEvent(frame=dump(frame)))
 
 
+# A node's report about a service (naming no job) is enqueued at most once per this window by
+# one process; the repeats change nothing the first did not (the mark lasts MNA_MARK_TTL).
+MNA_EDGE_WINDOW_S = 1.0
+MAX_EDGE_ENTRIES = 100_000
+
+
+@dataclass
+class MnaEdge:
+    """When this process last enqueued each node's report about each service, naming no job,
+    and how many repeats it skipped (a part of ``STATE``)."""
+
+    enqueued: dict[tuple[str, str, str | None], float] = field(default_factory=dict)
+    skipped: int = 0
+
+
+def _edge_admits(node_id: str, frame: ModelNotAvailable) -> bool:
+    """Whether a report naming no job goes to the stream: not if the same one just went.
+
+    A storm of reports (DESIGN.md's acceptance test: ≥ 1,000/s about one service) then costs the
+    socket path a dictionary lookup each, and the stream and the workers one entry per node and
+    service per window, so it cannot slow down other services' jobs.
+    """
+    edge = STATE.part(MnaEdge)
+    key = (node_id, frame.service.id, frame.service.version)
+    now = time.monotonic()
+    last = edge.enqueued.get(key)
+    if last is not None and now - last < MNA_EDGE_WINDOW_S:
+        edge.skipped += 1
+        return False
+    if len(edge.enqueued) >= MAX_EDGE_ENTRIES:
+        edge.enqueued.clear()
+    edge.enqueued[key] = now
+    return True
+
+
 async def job_model_not_available(*, node_id: str, frame: ModelNotAvailable) -> None:
     """Only enqueue the report (DESIGN.md): a worker marks the node and fails the job over.
 
-    A report naming a job is fenced like any reply first, so a stale one changes nothing.
+    A report naming a job is fenced like any reply first, so a stale one changes nothing, and
+    always enqueued (its job must move). One naming no job is skipped if this process enqueued
+    the same one within ``MNA_EDGE_WINDOW_S``.
     """
     if frame.job_id is not None and frame.attempt is not None:
         await route_fenced(node_id=node_id, job_id=frame.job_id, attempt=frame.attempt)
+    elif not _edge_admits(node_id, frame):
+        return
     await hmna.mna_enqueue(
         node_id=node_id,
         service_id=frame.service.id,

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from core.runtime import now_ms
+from core.state import STATE
 from hotstate import jobs as hjobs
 from hotstate import keys
 from hotstate import slots as hslots
@@ -22,6 +23,7 @@ from hotstate.errors import DependencyDown
 from hotstate.jobs import JobState
 from jobs import services as jobs
 from jobs.services import endings, submit
+from jobs.services.reports import MnaEdge
 from protocol import ErrorCode, JobSubmit, ServiceRef
 from tests.support.inprocess import (
     accepted_job,
@@ -205,3 +207,26 @@ async def test_a_submit_stalled_on_redis_holds_up_neither_other_submits_nor_resu
     assert (await session.receive_type("job_result"))["job_id"] == earlier["job_id"]
     stall.set()
     assert (await session.receive_type("job_accepted"))["request_id"] == "r-stalled"
+
+
+async def test_a_storm_of_reports_about_a_service_reaches_the_stream_once_per_window() -> None:
+    """DESIGN.md's acceptance test, its server side: a node repeating model_not_available
+    about one service costs the stream one entry per window; a report naming a job always
+    goes."""
+    node_id, node = await online_node("stormy", max_jobs=1)
+    stream = keys.mna_stream(keys.mna_stream_shard(node_id))
+    frame = {"type": "model_not_available", "service": {"id": "asr"}, "reason": "evicted"}
+    for _ in range(20):
+        await node.send(frame)
+    other = {**frame, "service": {"id": "asr", "version": "v2"}}
+    await node.send(other)
+    await node.send({"type": "ping"})
+    await node.receive_type("pong")
+    entries = await get_client().xrange(stream)
+    reported = sorted(
+        (fields["service_id"], fields.get("service_version", ""))
+        for _, fields in entries
+        if fields["node_id"] == node_id
+    )
+    assert reported == [("asr", ""), ("asr", "v2")]
+    assert STATE.part(MnaEdge).skipped == 19
