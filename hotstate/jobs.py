@@ -290,7 +290,9 @@ async def job_get(*, job_id: str, client: RedisCluster | None = None) -> JobView
     pipe = cluster.pipeline(transaction=False)
     pipe.hgetall(keys.job_record(job_id))
     pipe.smembers(keys.job_subscribers(job_id))
-    record, subscribers = await bounded("job_get", cluster, pipe.execute())
+    record, subscribers = await bounded(
+        "job_get", cluster, pipe.execute(), key=keys.job_record(job_id)
+    )
     if not record:
         return None
     return JobView(

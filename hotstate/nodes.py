@@ -289,14 +289,16 @@ async def node_drain(
 async def node_present(*, node_id: str, client: RedisCluster | None = None) -> bool:
     """Whether the node is online now (its presence key exists)."""
     cluster = client or get_client()
-    found: int = await bounded("node_present", cluster, cluster.exists(keys.node_presence(node_id)))
+    presence = keys.node_presence(node_id)
+    found: int = await bounded("node_present", cluster, cluster.exists(presence), key=presence)
     return found == 1
 
 
 async def node_channel(*, node_id: str, client: RedisCluster | None = None) -> str | None:
     """The channel of the consumer holding the node's socket (the presence holder), or None."""
     cluster = client or get_client()
-    value = await bounded("node_channel", cluster, cluster.get(keys.node_presence(node_id)))
+    presence = keys.node_presence(node_id)
+    value = await bounded("node_channel", cluster, cluster.get(presence), key=presence)
     return str(value) if value else None
 
 

@@ -63,15 +63,38 @@ _KEYLESS_COMMANDS = {"TIME"}
 # redis-py's asyncio cluster client refuses (MaxConnectionsError, a ConnectionError) a command
 # once a node's pool holds max_connections, instead of waiting. A burst of calls from one
 # process would then look like an outage. Calls wait for a permit here instead, inside their
-# time bound; at most max_connections are in flight per client, so no node pool overflows.
-_gates: weakref.WeakKeyDictionary[RedisCluster, asyncio.Semaphore] = weakref.WeakKeyDictionary()
+# time bound. The permits are per node, so that a primary that stalls (CLIENT PAUSE, a failover)
+# holds up the calls to it and no others: a per-client count would fill with the stalled calls
+# and stop every call to the healthy primaries too. Calls that span nodes (a pipeline across
+# slots) share a small count of their own; the two together stay under a node's pool.
+FANOUT_SHARE = 5  # one fifth of a node's pool is kept for calls that span nodes
 
 
-def _gate(client: RedisCluster) -> asyncio.Semaphore:
-    gate = _gates.get(client)
-    if gate is None:
+@dataclass
+class _Gates:
+    per_node: dict[str, asyncio.Semaphore]
+    fanout: asyncio.Semaphore
+    node_limit: int
+
+
+_gates: weakref.WeakKeyDictionary[RedisCluster, _Gates] = weakref.WeakKeyDictionary()
+
+
+def _gate(client: RedisCluster, key: str | None) -> asyncio.Semaphore:
+    """The permits for a call about ``key`` (its node's), or for a call spanning nodes."""
+    gates = _gates.get(client)
+    if gates is None:
         limit = int(client.nodes_manager.connection_kwargs.get("max_connections") or 100)
-        gate = _gates[client] = asyncio.Semaphore(limit)
+        fanout = max(1, limit // FANOUT_SHARE)
+        gates = _gates[client] = _Gates({}, asyncio.Semaphore(fanout), max(1, limit - fanout))
+    if key is None:
+        return gates.fanout
+    node = client.get_node_from_key(key)
+    if node is None:
+        return gates.fanout
+    gate = gates.per_node.get(node.name)
+    if gate is None:
+        gate = gates.per_node[node.name] = asyncio.Semaphore(gates.node_limit)
     return gate
 
 
@@ -250,15 +273,26 @@ class ScriptRegistry:
             args = tuple(args)  # a NOSCRIPT retry sends them again
         # dependency_guard's mapping, inlined: this is the hot path of every commit.
         try:
-            async with asyncio.timeout(_timeout()), _gate(cluster):
+            async with asyncio.timeout(_timeout()):
                 await _initialized(cluster)
-                if durable and _durable_wait_ms():
-                    raw = await self._evalsha_durable(cluster, script, keys, args)
-                else:
-                    raw = await self._evalsha(cluster, script, keys, args)
+                async with _gate(cluster, keys[0]):
+                    raw = await self._run(cluster, script, keys, args, durable=durable)
         except UNAVAILABLE_ERRORS as exc:
             raise DependencyDown(f"{name}: {type(exc).__name__}: {exc}") from exc
         return decode(raw, script=name, declared=script.codes, subject=subject)
+
+    async def _run(
+        self,
+        cluster: RedisCluster,
+        script: LuaScript,
+        keys: Sequence[str],
+        args: Iterable[Arg],
+        *,
+        durable: bool,
+    ) -> Any:
+        if durable and _durable_wait_ms():
+            return await self._evalsha_durable(cluster, script, keys, args)
+        return await self._evalsha(cluster, script, keys, args)
 
     async def _evalsha(
         self, client: RedisCluster, script: LuaScript, keys: Sequence[str], args: Iterable[Arg]
@@ -309,14 +343,18 @@ SCRIPTS = ScriptRegistry()
 T = TypeVar("T")
 
 
-async def bounded(what: str, client: RedisCluster, awaitable: Awaitable[T]) -> T:
+async def bounded(
+    what: str, client: RedisCluster, awaitable: Awaitable[T], *, key: str | None = None
+) -> T:
     """Await a plain command of ``client`` under the same bound, gate and error mapping as a
-    script call."""
+    script call. ``key``: a key of the one slot the command touches (its node's permits);
+    None for a command that spans nodes."""
     try:
         with dependency_guard(what):
-            async with asyncio.timeout(_timeout()), _gate(client):
+            async with asyncio.timeout(_timeout()):
                 await _initialized(client)
-                return await awaitable
+                async with _gate(client, key):
+                    return await awaitable
     finally:
         # Not awaited when the cluster failed first; closing a finished coroutine is a no-op.
         if asyncio.iscoroutine(awaitable):
