@@ -6,6 +6,8 @@ drains while it is still handing them those (large) results; they resume again o
 get every result exactly once (PROTOCOL.md: results that completed while away are delivered
 after ``session_ready``, on any instance). First pinned in 46e7147 as a strict xfail: a result
 taken out of the outbox while the drain closed the socket was never sent, and gone for good.
+Closing now waits for a take in flight (baec7c6), and a frame taken while the client itself
+hangs up goes back to the outbox (forced in ``sessions/tests/test_delivery.py``).
 """
 
 from __future__ import annotations
