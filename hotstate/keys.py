@@ -20,8 +20,8 @@ tag        keys                                why together
 ``q:K``    MODEL_NOT_AVAILABLE stream shard K  sharded: every node's reports land here
 ``m:S@V``  MNA debounce of (service, version)
 ``t:K``    job timer shard K                   sharded: every instance claims due timers
-``s:ID``   session record, result outbox       resume and delivery change them together with
-                                               the owner key
+``s:ID``   session record, result outbox,      resume and delivery change them together with
+           tombstones, expected results        the owner key
 =========  ==================================  =================================================
 
 Parts taken from the outside world (tenants, request ids, ids of any kind) are escaped, so that
@@ -189,8 +189,36 @@ def session_record(session_id: str) -> str:
 
 
 def session_outbox(session_id: str) -> str:
-    """Hash: job_id -> job_result frame awaiting delivery ('' once taken)."""
+    """Hash: job_id -> job_result frame awaiting delivery (a frame leaves it when taken)."""
     return f"{prefix()}:{{s:{_part(session_id)}}}:outbox"
+
+
+def session_taken(session_id: str) -> str:
+    """Sorted set: job_id -> epoch ms it was taken (tombstones, pruned by age and count)."""
+    return f"{prefix()}:{{s:{_part(session_id)}}}:taken"
+
+
+def session_expected(session_id: str) -> str:
+    """Sorted set: job_id -> epoch ms of the next check of a result owed to the session."""
+    return f"{prefix()}:{{s:{_part(session_id)}}}:expected"
+
+
+def session_expected_requests(session_id: str) -> str:
+    """Hash: job_id -> request_id of each result owed (a JOB_LOST answer names the request)."""
+    return f"{prefix()}:{{s:{_part(session_id)}}}:expected_requests"
+
+
+def session_keys(session_id: str) -> tuple[str, str, str, str, str, str]:
+    """record, owner, outbox, taken, expected, expected_requests: every key of a session, in
+    the order the session's open, renew, resume and close scripts take them."""
+    return (
+        session_record(session_id),
+        session_owner(session_id),
+        session_outbox(session_id),
+        session_taken(session_id),
+        session_expected(session_id),
+        session_expected_requests(session_id),
+    )
 
 
 def instance_presence(instance_id: str) -> str:

@@ -1,17 +1,21 @@
 """Client sessions: who owns the socket, resume within SESSION_RESUME_TTL, the result outbox.
 
-A session is three keys in its own slot: a record (tenant, created_ms, closed_ms), the owner
-key (the channel of the consumer holding its socket) and an outbox of final results. All three
-live ``resume_ttl_ms`` past the last renewal or close, so a session that disconnects can be
-resumed on any instance within that time and receive what finished while it was away. A
-result goes through the outbox even when the session is connected: ``put`` stores it once
-(HSETNX), ``take`` hands it to exactly one socket.
+A session is six keys in its own slot (``keys.session_keys``): a record (tenant, created_ms,
+closed_ms), the owner key (the channel of the consumer holding its socket), the outbox of final
+results waiting to be sent, the tombstones of results already taken, and the results owed to
+it (expected, with their request ids). All of them live ``resume_ttl_ms`` past the last renewal
+or close, so a session that disconnects can be resumed on any instance within that time and
+receive what finished while it was away. A result goes through the outbox even when the
+session is connected: ``put`` stores it once, ``take`` hands it to exactly one socket and
+leaves a tombstone; ``sweep`` looks at the outbox and the due expectations, a bounded number
+at a time; no call reads a whole outbox.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from django.conf import settings
 from redis.asyncio.cluster import RedisCluster
 
 from hotstate import keys
@@ -58,11 +62,7 @@ async def session_resume(
     """Reopen a live or recently closed session of ``tenant``; unknown or foreign: not resumed."""
     reply = await SCRIPTS.call(
         "session_resume",
-        keys=[
-            keys.session_record(session_id),
-            keys.session_owner(session_id),
-            keys.session_outbox(session_id),
-        ],
+        keys=keys.session_keys(session_id),
         args=[tenant, channel, resume_ttl_ms],
         client=client,
         subject=session_id,
@@ -80,11 +80,7 @@ async def session_close(
     """``channel``'s socket closed: keep the session resumable; False if it was not the owner."""
     reply = await SCRIPTS.call(
         "session_close",
-        keys=[
-            keys.session_record(session_id),
-            keys.session_owner(session_id),
-            keys.session_outbox(session_id),
-        ],
+        keys=keys.session_keys(session_id),
         args=[channel, resume_ttl_ms],
         client=client,
         subject=session_id,
@@ -98,11 +94,7 @@ async def session_renew(
     """Extend the session while ``channel`` owns it; False: another socket took it over."""
     reply = await SCRIPTS.call(
         "session_renew",
-        keys=[
-            keys.session_record(session_id),
-            keys.session_owner(session_id),
-            keys.session_outbox(session_id),
-        ],
+        keys=keys.session_keys(session_id),
         args=[channel, resume_ttl_ms],
         client=client,
         subject=session_id,
@@ -117,13 +109,35 @@ async def session_owner_get(*, session_id: str, client: RedisCluster | None = No
     return str(value) if value else None
 
 
+# Tombstones: a session keeps at most this many, the newest (see ``tombstone_keep_ms``).
+TOMBSTONES_MAX = 20_000
+
+
+def tombstone_keep_ms() -> int:
+    """How long the tombstone of a taken result lasts at least: the longer of SESSION_RESUME_TTL
+    and the longest life of a job record (MAX_JOB_TIMEOUT_MS + REQUEST_LEASE_GRACE_MS).
+
+    A result is put again only by someone who still has the job: the job's own follow-ups,
+    redone while its record says they are owed; a repeated submit of its request id, while the
+    request is bound; the session's sweep, only for a job still expected, and an expectation is
+    never recorded for a result already taken. Record and binding live at most the request
+    lease from the job's creation, which is before its result could be taken, so a tombstone
+    kept this long outlives every repeat: exactly once holds. Past ``TOMBSTONES_MAX`` results
+    taken within this time (over 20 a second for 15 minutes by default) the oldest tombstones go
+    first, and only then could a late repeat of one of those reach the session again.
+    """
+    lease_ms = int(settings.MAX_JOB_TIMEOUT_MS) + int(settings.REQUEST_LEASE_GRACE_MS)
+    return max(int(settings.SESSION_RESUME_TTL * 1000), lease_ms)
+
+
 async def session_result_put(
     *, session_id: str, job_id: str, frame_json: str, client: RedisCluster | None = None
 ) -> bool:
-    """Store a final result for the session, once; True if stored now."""
+    """Store a final result for the session, once (not again after it was taken); True if
+    stored now. Either way the job is no longer expected."""
     reply = await SCRIPTS.call(
         "session_result_put",
-        keys=[keys.session_record(session_id), keys.session_outbox(session_id)],
+        keys=_result_keys(session_id),
         args=[job_id, frame_json],
         client=client,
         subject=session_id,
@@ -131,26 +145,124 @@ async def session_result_put(
     return reply.code is Code.STORED
 
 
-async def session_results_pending(
-    *, session_id: str, client: RedisCluster | None = None
-) -> list[str]:
-    """Job ids whose results wait in the outbox (not yet taken)."""
-    cluster = client or get_client()
-    outbox = await bounded(
-        "session_results_pending", cluster, cluster.hgetall(keys.session_outbox(session_id))
+def _result_keys(session_id: str) -> list[str]:
+    return [
+        keys.session_record(session_id),
+        keys.session_outbox(session_id),
+        keys.session_taken(session_id),
+        keys.session_expected(session_id),
+        keys.session_expected_requests(session_id),
+    ]
+
+
+async def session_result_expect(
+    *,
+    session_id: str,
+    job_id: str,
+    request_id: str,
+    check_after_ms: int,
+    client: RedisCluster | None = None,
+) -> bool:
+    """Record that the job's result is owed to the session, first checked ``check_after_ms``
+    from now; False if its result is stored or taken already, or the session is gone."""
+    reply = await SCRIPTS.call(
+        "session_result_expect",
+        keys=_result_keys(session_id),
+        args=[job_id, request_id, check_after_ms],
+        client=client,
+        subject=session_id,
     )
-    return sorted(str(job_id) for job_id, frame in outbox.items() if frame)
+    return reply.code is Code.STORED
 
 
 async def session_result_take(
-    *, session_id: str, job_id: str, client: RedisCluster | None = None
+    *,
+    session_id: str,
+    job_id: str,
+    keep_ms: int | None = None,
+    max_taken: int = TOMBSTONES_MAX,
+    client: RedisCluster | None = None,
 ) -> str | None:
-    """Take a waiting result frame; exactly one caller gets it, the others None."""
+    """Take a waiting result frame; exactly one caller gets it, the others None.
+
+    Its tombstone lasts ``keep_ms`` (default ``tombstone_keep_ms()``), among at most
+    ``max_taken``.
+    """
     reply = await SCRIPTS.call(
         "session_result_take",
-        keys=[keys.session_outbox(session_id)],
-        args=[job_id],
+        keys=[
+            keys.session_record(session_id),
+            keys.session_outbox(session_id),
+            keys.session_taken(session_id),
+        ],
+        args=[job_id, tombstone_keep_ms() if keep_ms is None else keep_ms, max_taken],
         client=client,
         subject=session_id,
     )
     return reply.text(0) if reply.code is Code.TAKEN else None
+
+
+async def session_result_return(
+    *, session_id: str, job_id: str, frame_json: str, client: RedisCluster | None = None
+) -> bool:
+    """Put back a frame taken but not sent (its socket closed meanwhile); False if the
+    session is gone."""
+    reply = await SCRIPTS.call(
+        "session_result_return",
+        keys=[
+            keys.session_record(session_id),
+            keys.session_outbox(session_id),
+            keys.session_taken(session_id),
+        ],
+        args=[job_id, frame_json],
+        client=client,
+        subject=session_id,
+    )
+    return reply.code is Code.STORED
+
+
+@dataclass(frozen=True, slots=True)
+class Sweep:
+    """``pending``: job ids whose results wait in the outbox (some of them); ``due``:
+    (job_id, request_id) of expected results to check now."""
+
+    pending: tuple[str, ...]
+    due: tuple[tuple[str, str], ...]
+
+
+async def session_outbox_sweep(
+    *,
+    session_id: str,
+    pending_limit: int,
+    due_limit: int,
+    recheck_ms: int,
+    client: RedisCluster | None = None,
+) -> Sweep:
+    """One bounded look: up to ``pending_limit`` waiting results and ``due_limit`` due
+    expectations (each next due ``recheck_ms`` later)."""
+    reply = await SCRIPTS.call(
+        "session_outbox_sweep",
+        keys=[
+            keys.session_outbox(session_id),
+            keys.session_expected(session_id),
+            keys.session_expected_requests(session_id),
+        ],
+        args=[pending_limit, due_limit, recheck_ms],
+        client=client,
+        subject=session_id,
+    )
+    count = reply.number(0)
+    values = [str(value) for value in reply.values[1:]]
+    pending, rest = values[:count], values[count:]
+    return Sweep(tuple(pending), tuple(zip(rest[::2], rest[1::2], strict=True)))
+
+
+async def session_results_pending(
+    *, session_id: str, limit: int = 100, client: RedisCluster | None = None
+) -> list[str]:
+    """Up to ``limit`` job ids whose results wait in the outbox (a sample when there are more;
+    taking them makes room for the rest)."""
+    cluster = client or get_client()
+    outbox = keys.session_outbox(session_id)
+    job_ids = await bounded("session_results_pending", cluster, cluster.hrandfield(outbox, limit))
+    return sorted(str(job_id) for job_id in job_ids or ())

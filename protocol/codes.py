@@ -27,6 +27,7 @@ class ErrorCode(StrEnum):
     JOB_TIMEOUT = "JOB_TIMEOUT"
     CANCELLED = "CANCELLED"
     NODE_LOST = "NODE_LOST"
+    JOB_LOST = "JOB_LOST"  # v1.1 §6
 
 
 # The subsets PROTOCOL.md allows in particular fields.

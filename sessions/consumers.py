@@ -2,7 +2,9 @@
 
 ``job_submit`` and ``job_cancel`` are handled by ``jobs.frames``, registered at start-up (see
 ``core.consumers``); this consumer turns their refusals into ``job_rejected`` and sends the
-results that wait in the session's outbox.
+results that wait in the session's outbox: when told (``session.deliver``), after a resume, and
+from a sweep every ``SWEEP_INTERVAL_S`` while the socket is open, so a notice the channel layer
+dropped costs a second, not the result.
 """
 
 from __future__ import annotations
@@ -26,10 +28,14 @@ from protocol import (
     SessionInit,
     SessionReady,
 )
+from sessions import delivery
 from sessions import services as sessions
-from sessions.delivery import outbox_pending, outbox_take
+from sessions.delivery import outbox_return, outbox_sweep, outbox_take
 
 logger = logging.getLogger(__name__)
+
+# A resume sends the whole outbox, a page (delivery.SWEEP_PENDING) at a time, up to this many.
+MAX_SWEEP_PAGES = 1000
 
 
 class SessionConsumer(PeerConsumer):
@@ -57,9 +63,9 @@ class SessionConsumer(PeerConsumer):
         await self.send_frame(
             SessionReady(session_id=self.session_id, instance_id=runtime.instance_id)
         )
-        # Results that finished while the session was away, after session_ready.
-        for job_id in await outbox_pending(session_id=self.session_id):
-            await self.deliver(job_id)
+        # Results that finished while the session was away, after session_ready; and JOB_LOST
+        # for jobs whose record vanished meanwhile.
+        await self.sweep(until_empty=True)
 
     async def on_disconnect(self, code: int) -> None:
         if self._renewer is not None:
@@ -67,24 +73,56 @@ class SessionConsumer(PeerConsumer):
         await sessions.session_detach(session_id=self.session_id, channel=self.channel_name)
 
     async def _keep_session(self) -> None:
-        """Renew the session while its socket is open.
+        """Renew and sweep the session while its socket is open.
 
         Its keys (owner, record, outbox) expire SESSION_RESUME_TTL after the last renewal, so
-        without this a session connected for longer would lose its results and its resume.
-        Losing the ownership means another socket resumed it: close this one with 4409.
+        without renewals a session connected for longer would lose its results and its resume.
+        Losing the ownership means another socket resumed it: close this one with 4409. Between
+        renewals, the outbox is swept every SWEEP_INTERVAL_S.
         """
+        loop = asyncio.get_running_loop()
+        renew_at = loop.time() + settings.SESSION_RESUME_TTL / 3
         while not self.closing:
-            await asyncio.sleep(settings.SESSION_RESUME_TTL / 3)
+            await asyncio.sleep(min(delivery.SWEEP_INTERVAL_S, settings.SESSION_RESUME_TTL / 3))
+            if loop.time() >= renew_at:
+                renewed = await self._renew()
+                if renewed is False:
+                    return
+                if renewed:
+                    renew_at = loop.time() + settings.SESSION_RESUME_TTL / 3
+            await self.sweep()
+
+    async def _renew(self) -> bool | None:
+        """True: renewed; False: replaced (closed with 4409); None: failed, try again soon."""
+        try:
+            owned = await sessions.session_hold(
+                session_id=self.session_id, channel=self.channel_name
+            )
+        except Exception:
+            logger.warning("session %s: renewal failed; retrying", self.session_id)
+            return None
+        if not owned:
+            logger.info("session %s: no longer owned by %s", self.session_id, self.channel_name)
+            await self.close_with(CloseCode.REPLACED)
+            return False
+        return True
+
+    async def sweep(self, *, until_empty: bool = False) -> None:
+        """Send what waits in the outbox, a bounded page at a time (all of it: ``until_empty``).
+
+        A failure is logged and left to the next turn.
+        """
+        for _ in range(MAX_SWEEP_PAGES if until_empty else 1):
+            if self.closing:
+                return
             try:
-                owned = await sessions.session_hold(
-                    session_id=self.session_id, channel=self.channel_name
-                )
+                waiting = await outbox_sweep(session_id=self.session_id)
+                for job_id in waiting:
+                    await self.deliver(job_id)
             except Exception:
-                logger.warning("session %s: renewal failed; retrying", self.session_id)
-                continue
-            if not owned:
-                logger.info("session %s: no longer owned by %s", self.session_id, self.channel_name)
-                await self.close_with(CloseCode.REPLACED)
+                logger.warning("session %s: outbox sweep failed", self.session_id, exc_info=True)
+                return
+            if len(waiting) < delivery.SWEEP_PENDING:
                 return
 
     # --- refusals ---------------------------------------------------------------------------
@@ -124,10 +162,19 @@ class SessionConsumer(PeerConsumer):
             await super().close_with(code)
 
     async def deliver(self, job_id: str) -> None:
-        """Take the job's result from the outbox, if it waits there, and send it."""
+        """Take the job's result from the outbox, if it waits there, and send it.
+
+        The socket can still close during the take: the client's own close (``disconnect``
+        does not wait for this lock) while the sweep delivers. The frame then goes back to the
+        outbox for the session's next socket.
+        """
         async with self._delivery():
             if self.closing:
                 return
             frame = await outbox_take(session_id=self.session_id, job_id=job_id)
-            if frame is not None:
-                await self.send_raw(frame)
+            if frame is None:
+                return
+            if self.closing:
+                await outbox_return(session_id=self.session_id, job_id=job_id, frame=frame)
+                return
+            await self.send_raw(frame)

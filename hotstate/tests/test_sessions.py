@@ -1,4 +1,5 @@
-"""Sessions: ownership, resume within the TTL, and the outbox that delivers each result once."""
+"""Sessions: ownership, resume within the TTL, and the outbox that delivers each result once:
+bounded reads, bounded tombstones, and the results a session is owed."""
 
 from __future__ import annotations
 
@@ -9,9 +10,12 @@ from redis.asyncio.cluster import RedisCluster
 from hotstate import keys
 from hotstate.sessions import (
     session_close,
+    session_outbox_sweep,
     session_owner_get,
     session_renew,
+    session_result_expect,
     session_result_put,
+    session_result_return,
     session_result_take,
     session_results_pending,
     session_resume,
@@ -99,3 +103,118 @@ async def test_renewal_keeps_record_owner_and_outbox_together(hot: RedisCluster)
     await asyncio.sleep(0.15)
     for key in (keys.session_record("s1"), keys.session_owner("s1"), keys.session_outbox("s1")):
         assert await hot.pttl(key) > 1000
+
+
+async def test_tombstones_are_pruned_by_age_and_capped_by_count(hot: RedisCluster) -> None:
+    await session_start(session_id="s1", tenant="acme", channel="c1", resume_ttl_ms=TTL, client=hot)
+    for n in range(6):
+        await session_result_put(session_id="s1", job_id=f"j{n}", frame_json="A", client=hot)
+        await session_result_take(
+            session_id="s1", job_id=f"j{n}", keep_ms=TTL, max_taken=4, client=hot
+        )
+    # The newest four are kept; a repeat of one of them is still refused.
+    taken = await hot.zrange(keys.session_taken("s1"), 0, -1)
+    assert taken == ["j2", "j3", "j4", "j5"]
+    assert not await session_result_put(session_id="s1", job_id="j5", frame_json="A", client=hot)
+    assert await hot.hlen(keys.session_outbox("s1")) == 0
+    # Older than keep_ms: pruned by the next take.
+    await asyncio.sleep(0.05)
+    await session_result_put(session_id="s1", job_id="j9", frame_json="A", client=hot)
+    await session_result_take(session_id="s1", job_id="j9", keep_ms=20, client=hot)
+    assert await hot.zrange(keys.session_taken("s1"), 0, -1) == ["j9"]
+    assert 0 < await hot.pttl(keys.session_taken("s1")) <= TTL
+
+
+async def test_reads_of_a_large_outbox_are_bounded_and_reach_every_result(
+    hot: RedisCluster,
+) -> None:
+    await session_start(session_id="s1", tenant="acme", channel="c1", resume_ttl_ms=TTL, client=hot)
+    for n in range(40):
+        await session_result_put(session_id="s1", job_id=f"j{n}", frame_json="F", client=hot)
+    seen: set[str] = set()
+    while page := await session_results_pending(session_id="s1", limit=8, client=hot):
+        assert len(page) <= 8
+        for job_id in page:
+            assert await session_result_take(session_id="s1", job_id=job_id, client=hot) == "F"
+            seen.add(job_id)
+    assert seen == {f"j{n}" for n in range(40)}
+    swept = await session_outbox_sweep(
+        session_id="s1", pending_limit=8, due_limit=8, recheck_ms=1000, client=hot
+    )
+    assert swept.pending == () and swept.due == ()
+
+
+async def test_a_frame_taken_but_not_sent_goes_back_and_is_taken_once_more(
+    hot: RedisCluster,
+) -> None:
+    await session_start(session_id="s1", tenant="acme", channel="c1", resume_ttl_ms=TTL, client=hot)
+    await session_result_put(session_id="s1", job_id="j1", frame_json="A", client=hot)
+    frame = await session_result_take(session_id="s1", job_id="j1", client=hot)
+    assert frame == "A"
+    assert await session_result_return(session_id="s1", job_id="j1", frame_json=frame, client=hot)
+    assert await session_results_pending(session_id="s1", client=hot) == ["j1"]
+    assert await session_result_take(session_id="s1", job_id="j1", client=hot) == "A"
+    assert await session_result_take(session_id="s1", job_id="j1", client=hot) is None
+    assert not await session_result_put(session_id="s1", job_id="j1", frame_json="A", client=hot)
+
+
+async def test_an_expected_result_is_due_after_its_grace_until_its_result_is_put(
+    hot: RedisCluster,
+) -> None:
+    await session_start(session_id="s1", tenant="acme", channel="c1", resume_ttl_ms=TTL, client=hot)
+    assert await session_result_expect(
+        session_id="s1", job_id="j1", request_id="r1", check_after_ms=0, client=hot
+    )
+    assert await session_result_expect(
+        session_id="s1", job_id="j2", request_id="r2", check_after_ms=60_000, client=hot
+    )
+
+    async def sweep() -> tuple[tuple[str, str], ...]:
+        swept = await session_outbox_sweep(
+            session_id="s1", pending_limit=8, due_limit=8, recheck_ms=50, client=hot
+        )
+        return swept.due
+
+    assert await sweep() == (("j1", "r1"),)
+    assert await sweep() == ()  # checked again only recheck_ms later
+    await asyncio.sleep(0.06)
+    assert await sweep() == (("j1", "r1"),)
+    await session_result_put(session_id="s1", job_id="j1", frame_json="A", client=hot)
+    await asyncio.sleep(0.06)
+    assert await sweep() == ()
+    # A result stored or taken already is not expected again.
+    assert not await session_result_expect(
+        session_id="s1", job_id="j1", request_id="r1", check_after_ms=0, client=hot
+    )
+    await session_result_take(session_id="s1", job_id="j1", client=hot)
+    assert not await session_result_expect(
+        session_id="s1", job_id="j1", request_id="r1", check_after_ms=0, client=hot
+    )
+    assert await sweep() == ()
+    for key in (keys.session_expected("s1"), keys.session_expected_requests("s1")):
+        assert 0 < await hot.pttl(key) <= TTL
+
+
+async def test_expectations_expire_with_the_session(hot: RedisCluster) -> None:
+    await session_start(session_id="s1", tenant="acme", channel="c1", resume_ttl_ms=TTL, client=hot)
+    await session_result_expect(
+        session_id="s1", job_id="j1", request_id="r1", check_after_ms=0, client=hot
+    )
+    await session_close(session_id="s1", channel="c1", resume_ttl_ms=100, client=hot)
+    await asyncio.sleep(0.15)
+    for key in keys.session_keys("s1"):
+        assert not await hot.exists(key)
+    assert not await session_result_expect(
+        session_id="s1", job_id="j2", request_id="r2", check_after_ms=0, client=hot
+    )
+
+
+async def test_a_tombstone_left_in_the_outbox_by_an_earlier_version_moves_out(
+    hot: RedisCluster,
+) -> None:
+    await session_start(session_id="s1", tenant="acme", channel="c1", resume_ttl_ms=TTL, client=hot)
+    await hot.hset(keys.session_outbox("s1"), "j1", "")
+    assert not await session_result_put(session_id="s1", job_id="j1", frame_json="A", client=hot)
+    assert await session_result_take(session_id="s1", job_id="j1", client=hot) is None
+    assert await session_results_pending(session_id="s1", client=hot) == []
+    assert not await session_result_put(session_id="s1", job_id="j1", frame_json="A", client=hot)

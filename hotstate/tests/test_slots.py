@@ -69,10 +69,19 @@ async def tour(client: RedisCluster) -> None:
         session_id=SESSION, tenant=TENANT, channel="c", resume_ttl_ms=1000, client=client
     )
     await sessions.session_renew(session_id=SESSION, channel="c", resume_ttl_ms=1000, client=client)
+    await sessions.session_result_expect(
+        session_id=SESSION, job_id=JOB, request_id=REQUEST, check_after_ms=0, client=client
+    )
+    await sessions.session_outbox_sweep(
+        session_id=SESSION, pending_limit=5, due_limit=5, recheck_ms=1000, client=client
+    )
     await sessions.session_result_put(
         session_id=SESSION, job_id=JOB, frame_json="{}", client=client
     )
     await sessions.session_result_take(session_id=SESSION, job_id=JOB, client=client)
+    await sessions.session_result_return(
+        session_id=SESSION, job_id=JOB, frame_json="{}", client=client
+    )
     await sessions.session_close(session_id=SESSION, channel="c", resume_ttl_ms=1000, client=client)
     await sessions.session_resume(
         session_id=SESSION, tenant=TENANT, channel="d", resume_ttl_ms=1000, client=client
