@@ -9,7 +9,8 @@
    job);
 3. waits for the sockets to go (bounded), stops its duties (each flushes what it batches,
    such as the job history) and unregisters, so senders see at once that it is gone;
-4. stops daphne, and exits for good ``EXIT_GRACE_S`` later if daphne has not.
+4. stops daphne, and exits as soon as daphne returns (or ``EXIT_GRACE_S`` later if it does
+   not), without waiting for threads that wait for the stopped loop (``_exit_now``).
 
 Daphne on SIGTERM alone would cancel the consumers without running ``disconnect``, so none of
 this relies on SIGTERM: the drain closes the sockets itself first.
@@ -79,21 +80,34 @@ async def instance_drain(*, grace_s: float | None = None, exit_process: bool = T
     await _close_channel_layer()
     logger.warning("instance %s drained", INSTANCE_ID)
     if exit_process:
+        _exit_before_joining_threads()
         threading.Thread(target=_exit_later, name="drain-exit", daemon=True).start()
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _exit_later() -> None:
-    """Exit if daphne has not stopped by itself within EXIT_GRACE_S.
+def _exit_before_joining_threads() -> None:
+    """Exit as soon as daphne returns, before the interpreter joins its worker threads.
 
     An HTTP request that arrives while daphne stops (a load balancer's /readyz probe learning of
     the drain) can stay parked in an asgiref executor thread, waiting for the stopped loop; the
-    interpreter's exit joins that thread forever, so the process would never end, not even on a
-    second SIGTERM. Everything the drain owes is done by now: leaving without the rest of the
-    interpreter's shutdown loses nothing.
+    interpreter's exit joins that thread (``concurrent.futures``' exit hook) forever, so the
+    process would never end, not even on a second SIGTERM. Threading's exit hooks run last
+    registered first, so this one runs before that join. Everything the drain owes is done by
+    now: leaving without the rest of the interpreter's shutdown loses nothing.
     """
+    register = getattr(threading, "_register_atexit", None)  # CPython's, since 3.9
+    if register is not None:
+        register(_exit_now, "daphne stopped")
+
+
+def _exit_later() -> None:
+    """Exit if daphne has not stopped by itself within EXIT_GRACE_S."""
     time.sleep(EXIT_GRACE_S)
-    logger.warning("instance %s: daphne did not stop; exiting", INSTANCE_ID)
+    _exit_now("daphne did not stop")
+
+
+def _exit_now(why: str) -> None:
+    logger.warning("instance %s: %s; exiting", INSTANCE_ID, why)
     logging.shutdown()
     os._exit(0)
 

@@ -17,7 +17,9 @@ tag        keys                                why together
 ``i:ID``   instance presence
 ``l:DUTY`` leader lock of a periodic duty
 ``d:K``    node directory shard K              sharded: every instance reads it each second
-``q:K``    MODEL_NOT_AVAILABLE stream shard K  sharded: every node's reports land here
+``q:K``    MODEL_NOT_AVAILABLE stream shard K  sharded: every node's reports land here; the
+           and its dead-letter counter;        claim script acks and counts in one commit
+           ``q:seats``: MNA reader seats       (one small hash per consumer group)
 ``m:S@V``  MNA debounce of (service, version)
 ``t:K``    job timer shard K                   sharded: every instance claims due timers
 ``s:ID``   session record, result outbox,      resume and delivery change them together with
@@ -244,6 +246,16 @@ def mna_stream(shard: int) -> str:
     if not 0 <= shard < MNA_STREAM_SHARDS:
         raise ValueError(f"MNA stream shard {shard} is outside 0..{MNA_STREAM_SHARDS - 1}")
     return f"{prefix()}:{{q:{shard}}}:mna"
+
+
+def mna_dead_letters(shard: int) -> str:
+    """Counter (no TTL): reports of stream shard ``shard`` given up after too many deliveries."""
+    return f"{mna_stream(shard)}_dead"
+
+
+def mna_seats(group: str) -> str:
+    """Hash: the numbered reader seats of an MNA consumer group (holder and expiry per seat)."""
+    return f"{prefix()}:{{q:seats}}:{_part(group)}:seats"
 
 
 def mna_debounce(service_id: str, version: str | None) -> str:

@@ -11,6 +11,13 @@ three single-slot scripts, run in this order:
 3. ``mna_debounce`` (worker; service slot ``{m:S@V}``): SET NX PX; the one winner per window
    runs the expensive action (catalog refresh, alert, ...).
 
+Reading: each worker process runs :class:`MnaReader` turns. A turn reads new reports, and at most
+once per ``MNA_CLAIM_EVERY_S`` takes over (``mna_claim``, XAUTOCLAIM) reports pending longer than
+``MNA_CLAIM_IDLE_MS``: those of a reader that died before acknowledging, and those whose handling
+failed. A report delivered more than ``MNA_MAX_DELIVERIES`` times is acknowledged and counted as a
+dead letter (``mna_dead_letters`` reads the count). Reader names are numbered seats
+(``mna_seat``), not process ids, so the group's consumer list stays small across restarts.
+
 Why the order is safe: the mark comes first, so once a report is handled the node stops getting
 that service even if the worker dies before the debounce; marking is idempotent (the later
 expiry wins), so a redelivered event (not acknowledged before a crash) only re-marks; the
@@ -22,8 +29,10 @@ job's own slot, fenced by the report's attempt, and does not depend on any of th
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Collection
-from dataclasses import dataclass
+import logging
+import time
+from collections.abc import Awaitable, Callable, Collection
+from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
@@ -36,10 +45,22 @@ from hotstate.codes import Code
 from hotstate.nodes import service_mark
 from hotstate.scripts import SCRIPTS, bounded
 
+logger = logging.getLogger(__name__)
+
 MNA_GROUP = "mna-workers"
 MNA_STREAM_MAXLEN = 10_000
 RATE_WINDOW_MS = 60_000
 DROPPED_TTL_MS = 24 * 3600 * 1000
+# A pending report idle this long is taken over: handling one takes a few Redis calls, each
+# bounded by REDIS_SOCKET_TIMEOUT, so a live reader is never this slow.
+MNA_CLAIM_IDLE_MS = 30_000
+# How often a reader looks for reports to take over, and how many it takes per shard and look.
+MNA_CLAIM_EVERY_S = 1.0
+MNA_CLAIM_COUNT = 50
+# Deliveries after which a report is given up (acknowledged and counted as a dead letter).
+MNA_MAX_DELIVERIES = 5
+MNA_SEATS = 64
+MNA_SEAT_TTL_MS = 30_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,3 +292,211 @@ async def mna_handle(*, event: MnaEvent, client: RedisCluster | None = None) -> 
         client=client,
     )
     return MnaDecision(marked=True, dropped=False, run_action=won)
+
+
+@dataclass(frozen=True, slots=True)
+class MnaClaim:
+    """One ``mna_claim`` call: reports taken over, dead letters, where the scan goes on."""
+
+    events: list[MnaEvent]
+    dead: list[str]
+    trimmed: int
+    cursor: str
+
+
+async def mna_claim(
+    *,
+    shard: int,
+    consumer: str,
+    group: str = MNA_GROUP,
+    min_idle_ms: int = MNA_CLAIM_IDLE_MS,
+    cursor: str = "0-0",
+    count: int = MNA_CLAIM_COUNT,
+    max_deliveries: int = MNA_MAX_DELIVERIES,
+    client: RedisCluster | None = None,
+) -> MnaClaim:
+    """Take over the reports of ``shard`` pending longer than ``min_idle_ms`` (at most ``count``,
+    scanning from ``cursor``); those delivered more than ``max_deliveries`` times are
+    acknowledged and counted as dead letters instead."""
+    try:
+        reply = await SCRIPTS.call(
+            "mna_claim",
+            keys=[keys.mna_stream(shard), keys.mna_dead_letters(shard)],
+            args=[group, consumer, min_idle_ms, cursor, count, max_deliveries],
+            client=client,
+            subject=f"shard {shard}",
+        )
+    except ResponseError as exc:
+        if "NOGROUP" not in str(exc):
+            raise
+        # No group yet: nothing was ever read, so nothing is pending.
+        await mna_group_create(shard=shard, group=group, client=client)
+        return MnaClaim(events=[], dead=[], trimmed=0, cursor="0-0")
+    next_cursor, dead, trimmed, entries = reply.values
+    return MnaClaim(
+        events=[_event(shard, entry_id, _pairs(fields)) for entry_id, fields in entries],
+        dead=[str(entry_id) for entry_id in dead],
+        trimmed=int(trimmed),
+        cursor=str(next_cursor),
+    )
+
+
+def _pairs(flat: list[str]) -> dict[str, str]:
+    return dict(zip(flat[0::2], flat[1::2], strict=True))
+
+
+async def mna_dead_letters(*, client: RedisCluster | None = None) -> int:
+    """How many reports were given up after ``MNA_MAX_DELIVERIES`` deliveries, all shards
+    together (for an operator page; the counters never expire)."""
+    cluster = client or get_client()
+    counts = await asyncio.gather(
+        *(
+            bounded("mna_dead_letters", cluster, cluster.get(keys.mna_dead_letters(shard)))
+            for shard in range(keys.MNA_STREAM_SHARDS)
+        )
+    )
+    return sum(int(count or 0) for count in counts)
+
+
+async def mna_seat(
+    *,
+    holder: str,
+    group: str = MNA_GROUP,
+    ttl_ms: int = MNA_SEAT_TTL_MS,
+    seats: int = MNA_SEATS,
+    client: RedisCluster | None = None,
+) -> int | None:
+    """Take or keep ``holder``'s reader seat in ``group``; None when every seat is held."""
+    reply = await SCRIPTS.call(
+        "mna_seat",
+        keys=[keys.mna_seats(group)],
+        args=[holder, ttl_ms, seats],
+        client=client,
+        subject=holder,
+    )
+    return reply.number(0) if reply.code is Code.ACQUIRED else None
+
+
+def seat_consumer(seat: int) -> str:
+    """The consumer name of a seat."""
+    return f"seat-{seat}"
+
+
+@dataclass(frozen=True, slots=True)
+class MnaTurn:
+    """What one reader turn did: reports read new, taken over, handled, given up."""
+
+    read: int
+    claimed: int
+    handled: int
+    dead: int
+
+
+Handler = Callable[[MnaEvent], Awaitable[object]]
+
+
+@dataclass
+class MnaReader:
+    """One process's reader of an MNA group: its seat, its claim cursors and pace.
+
+    ``turn`` reads new reports, takes over stale ones when a claim is due, hands each to
+    ``handle`` and acknowledges the ones it handled. A report whose handling raised stays
+    pending, so it comes back (to any reader) after ``claim_idle_ms``, until it is given up.
+    """
+
+    holder: str
+    group: str = MNA_GROUP
+    claim_idle_ms: int = MNA_CLAIM_IDLE_MS
+    claim_every_s: float = MNA_CLAIM_EVERY_S
+    claim_count: int = MNA_CLAIM_COUNT
+    max_deliveries: int = MNA_MAX_DELIVERIES
+    seat_ttl_ms: int = MNA_SEAT_TTL_MS
+    consumer: str | None = None
+    _seat_until: float = 0.0
+    _claim_at: float = 0.0
+    _cursors: dict[int, str] = field(default_factory=dict)
+
+    async def turn(
+        self,
+        handle: Handler,
+        *,
+        count: int = 100,
+        block_ms: int | None = 100,
+        client: RedisCluster | None = None,
+    ) -> MnaTurn:
+        cluster = client or get_client()
+        consumer = await self.seat(cluster)
+        events = await mna_read(
+            consumer=consumer, group=self.group, count=count, block_ms=block_ms, client=cluster
+        )
+        read = len(events)
+        claim = await self._claim_due(consumer, cluster)
+        events += claim.events
+        handled = []
+        for event in events:
+            try:
+                await handle(event)
+            except Exception:
+                logger.exception("MODEL_NOT_AVAILABLE report %s failed", event.entry_id)
+            else:
+                handled.append(event)
+        if handled:
+            await mna_ack(events=handled, group=self.group, client=cluster)
+        return MnaTurn(
+            read=read, claimed=len(claim.events), handled=len(handled), dead=len(claim.dead)
+        )
+
+    async def seat(self, client: RedisCluster) -> str:
+        """This reader's consumer name: its seat's, renewed at a third of its TTL."""
+        now = time.monotonic()
+        if self.consumer is not None and now < self._seat_until:
+            return self.consumer
+        seat = await mna_seat(
+            holder=self.holder, group=self.group, ttl_ms=self.seat_ttl_ms, client=client
+        )
+        if seat is None:
+            logger.warning("every MNA reader seat is taken; reading as %s", self.holder)
+        consumer = self.holder if seat is None else seat_consumer(seat)
+        if consumer != self.consumer and self.consumer is not None:
+            logger.info("MNA reader %s now reads as %s", self.consumer, consumer)
+        self.consumer = consumer
+        self._seat_until = now + self.seat_ttl_ms / 3000
+        return consumer
+
+    async def _claim_due(self, consumer: str, client: RedisCluster) -> MnaClaim:
+        """Every shard's stale reports, if a claim is due (at most ``claim_count`` per shard)."""
+        now = time.monotonic()
+        if now < self._claim_at:
+            return MnaClaim(events=[], dead=[], trimmed=0, cursor="")
+        self._claim_at = now + self.claim_every_s
+        claims = await asyncio.gather(
+            *(
+                mna_claim(
+                    shard=shard,
+                    consumer=consumer,
+                    group=self.group,
+                    min_idle_ms=self.claim_idle_ms,
+                    cursor=self._cursors.get(shard, "0-0"),
+                    count=self.claim_count,
+                    max_deliveries=self.max_deliveries,
+                    client=client,
+                )
+                for shard in range(keys.MNA_STREAM_SHARDS)
+            )
+        )
+        for shard, claim in enumerate(claims):
+            self._cursors[shard] = claim.cursor
+            if claim.dead:
+                logger.error(
+                    "MODEL_NOT_AVAILABLE reports %s given up after %s deliveries",
+                    claim.dead,
+                    self.max_deliveries,
+                )
+            if claim.trimmed:
+                logger.warning("%s pending MNA reports were trimmed unhandled", claim.trimmed)
+        return MnaClaim(
+            events=[event for claim in claims for event in claim.events],
+            dead=[entry_id for claim in claims for entry_id in claim.dead],
+            trimmed=sum(claim.trimmed for claim in claims),
+            cursor="",
+        )

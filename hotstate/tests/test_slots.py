@@ -60,6 +60,8 @@ async def tour(client: RedisCluster) -> None:
     await mna.mna_handle(
         event=mna.MnaEvent(0, entry, NODE, "asr@x", "v1", "x", None, None), client=client
     )
+    await mna.mna_seat(holder="inst:{1}", group="g:{x}", client=client)
+    await mna.mna_claim(shard=1, consumer="c:{1}", group="g:{x}", client=client)
     await instances.instance_register(instance_id="inst:{1}", ttl_ms=1000, client=client)
     await instances.leader_acquire(duty="du:{t}", token="t", ttl_ms=1000, client=client)
     await timers.timer_arm(job_id=JOB, due_ms=1, client=client)

@@ -26,6 +26,8 @@ logger = logging.getLogger(__name__)
 
 # The consumer group of the processes that handle MODEL_NOT_AVAILABLE reports.
 MNA_GROUP = "workers"
+# Its reader in this process: a seat of the group (a stable consumer name) and claim cursors.
+_MNA_READER = hmna.MnaReader(holder=INSTANCE_ID, group=MNA_GROUP)
 
 
 async def job_ack(*, node_id: str, job_id: str, attempt: int) -> None:
@@ -208,14 +210,10 @@ async def job_mna_handle(*, event: MnaEvent) -> MnaDecision:
 
 
 async def mna_run() -> None:
-    """The MODEL_NOT_AVAILABLE duty: handle a batch of reports, acknowledge the handled ones."""
-    events = await hmna.mna_read(group=MNA_GROUP, consumer=INSTANCE_ID, count=100, block_ms=100)
-    handled = []
-    for event in events:
-        try:
-            await job_mna_handle(event=event)
-            handled.append(event)
-        except Exception:
-            logger.exception("MODEL_NOT_AVAILABLE report %s failed", event.entry_id)
-    if handled:
-        await hmna.mna_ack(group=MNA_GROUP, events=handled)
+    """The MODEL_NOT_AVAILABLE duty: one turn of this process's reader (``hotstate.mna``).
+
+    New reports, and (once a second) those another reader left pending too long; a handled
+    report is acknowledged, a failed one comes back after the idle bound, until it is given up
+    and counted (``hotstate.mna.mna_dead_letters``).
+    """
+    await _MNA_READER.turn(lambda event: job_mna_handle(event=event))

@@ -6,8 +6,8 @@ whose handlers record what they run; sessions are raw WebSockets, so what is ass
 any client sees on the wire. A node on A and sessions on B and C make every ``job_assign``
 cross from the submitting instance to A, and every ``job_result`` cross back.
 
-The drain test has a deployment of its own (two instances behind a small load balancer), since
-it stops one of them.
+The drain tests each have a deployment of their own (two instances, some behind a small load
+balancer standing in for nginx), since they stop one of them.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import logging
 import signal
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import pytest
@@ -447,47 +447,177 @@ async def test_draining_an_instance_under_load_loses_no_accepted_job(
         deployment.close()
 
 
+async def until(condition: Callable[[], bool], *, timeout: float, what: str) -> None:
+    """Poll ``condition`` until it holds; AssertionError naming ``what`` after ``timeout``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        assert loop.time() < deadline, f"{what}: not within {timeout} s"
+        await asyncio.sleep(0.02)
+
+
+BUSY_RATE_JOBS_S = 12  # 3 frames per job: 36 frames/s, under the 50/s limit
+BUSY_RECENT_RESULTS = 110  # results the node sent in the last 10 s when its instance drains
+BUSY_JOB_TIMEOUT_MS = 4000  # a job whose result is lost ends TIMED_OUT this soon
+BUSY_RESULTS_AFTER = 12  # jobs the node finishes on its new instance before the load stops
+
+
+async def test_a_busy_node_moved_by_a_drain_gets_every_result_through(
+    multi: Multi, tmp_path: Path, service: str
+) -> None:
+    """A node running about 12 jobs/s (well within the frame limit) when its instance drains:
+    it reconnects to the other instance through the balancer, and every job it was given ends
+    with its result.
+
+    Its backlog after the reconnect (the results of its last 10 s, resent, and what finished
+    meanwhile) is more than the scheduler's burst of 100 frames; sent at once, the tail was
+    refused with RATE_LIMITED and finished jobs ended TIMED_OUT (fixed in 631ef1f)."""
+    deployment = Deployment(
+        tmp_path / "busy", multi.deployment.redis_url, multi.deployment.db, DRAIN_ENV
+    )
+    balancer: Balancer | None = None
+    connected = Peers()
+    try:
+        first, second = deployment.start_instances("A", "B")
+        balancer = Balancer([first, second])
+        await balancer.start()
+        recorder = Recorder(delay_s=0.2, progress=False)
+        agent = await connected.agent(
+            balancer,
+            multi.token(0),
+            service,
+            recorder,
+            max_jobs=3,
+            backoff=Backoff(initial_s=0.1, max_s=1.0),
+        )
+        # The node's instance drains; the sessions are on the other one, which stays.
+        busy, other = (first, second) if agent.instance_id == first.instance_id else (second, first)
+        assert agent.instance_id == busy.instance_id
+        sessions = [await connected.session(other, multi.key) for _ in range(2)]
+        accepted: list[tuple[RawSession, str]] = []
+        unanswered: list[str] = []  # jobs without a result within RESULT_WAIT_S
+        stop = asyncio.Event()
+
+        async def submitter(session: RawSession, name: str) -> None:
+            loop, count = asyncio.get_running_loop(), 0
+            while not stop.is_set():
+                started = loop.time()
+                reply = await session.submit_until_accepted(
+                    f"busy-{name}-{count}", service, {}, timeout_ms=BUSY_JOB_TIMEOUT_MS
+                )
+                accepted.append((session, reply["job_id"]))
+                try:
+                    await session.expect(
+                        "job_result", job_id=reply["job_id"], timeout=RESULT_WAIT_S
+                    )
+                except AssertionError:
+                    unanswered.append(f"{reply['job_id']} accepted at {started:.1f}")
+                    return
+                count += 1
+                # Paced, not waiting for anything: 4 submitters at most 3 jobs/s each.
+                await asyncio.sleep(max(0.0, 4 / BUSY_RATE_JOBS_S - (loop.time() - started)))
+
+        load = [
+            asyncio.create_task(submitter(session, f"{i}-{k}"))
+            for i, session in enumerate(sessions)
+            for k in range(2)
+        ]
+
+        def busy_enough() -> bool:
+            assert not unanswered, f"{unanswered}\n{deployment.logs()[-8000:]}"
+            assert not any(task.done() for task in load), [t for t in load if t.done()]
+            return recorder.finished_within(9.5) >= BUSY_RECENT_RESULTS
+
+        await until(busy_enough, timeout=30, what="the node getting busy enough")
+        drained_at = asyncio.get_running_loop().time()
+        busy.process.send_signal(signal.SIGUSR1)
+        code = await asyncio.to_thread(busy.wait_exit, DRAIN_GRACE_S + 5)
+        assert code == 0, f"the drained instance exited with {code}\n{deployment.logs()}"
+        finished_at_exit = sum(recorder.done.values())
+        await until(
+            lambda: (
+                agent.instance_id == other.instance_id
+                and sum(recorder.done.values()) >= finished_at_exit + BUSY_RESULTS_AFTER
+            ),
+            timeout=RESULT_WAIT_S,
+            what="the node working on the other instance",
+        )
+        stop.set()
+        outcomes = await asyncio.wait_for(asyncio.gather(*load, return_exceptions=True), 45)
+
+        errors = [o for o in outcomes if isinstance(o, BaseException)]
+        results = [s.results(job_id) for s, job_id in accepted]
+        failed = [r for r in results if len(r) != 1 or r[0]["ok"] is not True]
+        assert not errors and not failed and not unanswered, (
+            f"{len(failed)} of {len(accepted)} jobs without one ok result; the node ran "
+            f"{sum(recorder.done.values())} jobs and got error frames "
+            f"{dict(agent.stats.errors_received)}; {failed[:3]} {errors[:3]}; drained at "
+            f"{drained_at:.1f}, unanswered: {unanswered}\n{deployment.logs()[-8000:]}"
+        )
+        assert agent.stats.violations == []
+    finally:
+        await connected.close()
+        if balancer is not None:
+            await balancer.close()
+        deployment.close()
+
+
 HEALTH_PROBES = 16
+# A drained instance exits once daphne stops, not on core.drain's watchdog (EXIT_GRACE_S, 3 s).
+PROMPT_EXIT_S = 2.5
 READYZ_REQUEST = b"GET /readyz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
 
 
-async def _probe_readyz(port: int) -> None:
-    """One load-balancer health check: GET /readyz, read the status line, hang up."""
+async def _probe_readyz(port: int) -> int | None:
+    """One load-balancer health check: GET /readyz, read the status line, hang up; the status
+    (None when refused, cut or unanswered within a second)."""
     try:
         async with asyncio.timeout(1.0):
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             try:
                 writer.write(READYZ_REQUEST)
-                await reader.readline()
+                line = await reader.readline()
             finally:
                 writer.close()
     except (OSError, TimeoutError):
-        pass  # draining, or gone: what a balancer sees then
+        return None  # draining, or gone: what a balancer sees then
+    parts = line.split()
+    return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else None
 
 
 async def test_a_drained_instance_exits_while_health_checks_keep_coming(
     tmp_path: Path, redis_cluster_url: str, e2e_template_db: Path
 ) -> None:
     """A load balancer keeps probing /readyz while an instance drains (that is how it learns of
-    the drain); a probe that arrives while daphne stops used to stay parked in an asgiref
-    thread and keep the process alive for good. The instance must exit 0 within DRAIN_GRACE
-    plus a few seconds."""
+    the drain), so HTTP requests are in flight when daphne stops; one that arrives then used to
+    stay parked in an asgiref thread and keep the process alive for good, even on SIGTERM
+    (46e7147 pinned it). The instance must exit 0, and as soon as daphne stops."""
     deployment = Deployment(tmp_path / "probed", redis_cluster_url, e2e_template_db, DRAIN_ENV)
     stop = asyncio.Event()
     probes: list[asyncio.Task[None]] = []
+    answers: Counter[int | None] = Counter()
+    a: Instance | None = None
     try:
         (a,) = deployment.start_instances("A")
+        port = a.port
 
         async def probe() -> None:
             while not stop.is_set():
-                await _probe_readyz(a.port)
+                answers[await _probe_readyz(port)] += 1
 
         probes = [asyncio.create_task(probe()) for _ in range(HEALTH_PROBES)]
-        await asyncio.sleep(0.5)
+        await until(lambda: answers[200] >= HEALTH_PROBES, timeout=10, what="probes answered")
+        drained_at = time.monotonic()
         a.process.send_signal(signal.SIGUSR1)
         code = await asyncio.to_thread(a.wait_exit, DRAIN_GRACE_S + 5)
+        exit_s = time.monotonic() - drained_at
         assert code == 0, f"the drained instance did not exit (code {code}):\n{a.log()[-4000:]}"
+        # The probes went on through the drain: it answered them 503 until daphne stopped.
+        assert answers[503] > 0, (answers, exit_s)
+        assert exit_s < PROMPT_EXIT_S, f"exited {exit_s:.1f} s after SIGUSR1:\n{a.log()[-4000:]}"
     finally:
         stop.set()
         await asyncio.gather(*probes)
+        if a is not None and a.process.poll() is None:
+            a.process.kill()  # a hung one ignores SIGTERM too: no need to wait for that
         deployment.close()

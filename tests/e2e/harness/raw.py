@@ -235,13 +235,14 @@ class RawSession(RawPeer):
         retry: Collection[str] = RETRYABLE,
         timeout: float = 20.0,
         retry_delay_s: float = 0.1,
+        **extra: Any,
     ) -> Frame:
         """Submit until ``job_accepted``; a refusal whose code is in ``retry`` is tried again
-        under the same request id, until ``timeout`` s."""
+        under the same request id, until ``timeout`` s. ``extra``: more fields of the submit."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
-            await self.submit(request_id, service, payload)
+            await self.submit(request_id, service, payload, **extra)
             reply = await self.reply(request_id, timeout=max(deadline - loop.time(), WAIT_S))
             if reply["type"] == "job_accepted":
                 return reply

@@ -29,6 +29,12 @@ class Recorder:
     runs: Counter[str] = field(default_factory=Counter)
     done: Counter[str] = field(default_factory=Counter)
     started: asyncio.Event = field(default_factory=asyncio.Event)  # set by the first run
+    finished_at: list[float] = field(default_factory=list)  # loop time of each result
+
+    def finished_within(self, seconds: float) -> int:
+        """Jobs this handler finished in the last ``seconds``."""
+        since = asyncio.get_running_loop().time() - seconds
+        return sum(1 for at in self.finished_at if at >= since)
 
     async def __call__(self, job: Job) -> dict[str, Any]:
         self.runs[job.job_id] += 1
@@ -42,6 +48,7 @@ class Recorder:
                 await asyncio.wait_for(self.gate.wait(), 30)
             await asyncio.sleep(self.delay_s)
             self.done[job.job_id] += 1
+            self.finished_at.append(asyncio.get_running_loop().time())
             return {"echo": job.payload, "job_id": job.job_id}
         finally:
             self.running -= 1
