@@ -75,9 +75,7 @@ def resume_members(cluster: LocalCluster) -> None:
 
 
 @pytest.fixture
-def served(
-    chaos_cluster: LocalCluster, tmp_path: Path, e2e_template_db: Path
-) -> Iterator[Served]:
+def served(chaos_cluster: LocalCluster, tmp_path: Path, e2e_template_db: Path) -> Iterator[Served]:
     """``serve`` with two instances and a worker on the chaos cluster, healed first (a member
     killed by the previous test is started again; all slots served)."""
     resume_members(chaos_cluster)
