@@ -135,6 +135,15 @@ class LocalCluster:
     def is_healthy(self) -> bool:
         return all(self._is_ours(p) for p in self.ports) and self._healthy()
 
+    def member_pid(self, port: int) -> int:
+        """The process id of our member on ``port`` (it reports its own, so no pidfile race)."""
+        return int(self._conn(port).info("server")["process_id"])
+
+    def start_member(self, port: int) -> None:
+        """Start the member of ``port`` again, as ``start`` would: with its ``nodes.conf`` it
+        rejoins the cluster it left (a primary that was failed over comes back as a replica)."""
+        self._spawn(self._redis_server(), port)
+
     # --- internals ----------------------------------------------------------------------------
 
     def _port_range(self) -> str:

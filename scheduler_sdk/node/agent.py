@@ -221,6 +221,13 @@ class NodeAgent:
             except Exception as exc:  # it already failed; stop() only reports it
                 logger.info("node agent had stopped with %r", exc)
 
+    async def drop_connection(self) -> None:
+        """Drop the live connection with no closing handshake, as a network failure would; the
+        agent reconnects as it does after any loss (the simulator flaps a node with it)."""
+        ws = self._live_ws
+        if ws is not None:
+            ws.transport.abort()
+
     async def __aenter__(self) -> NodeAgent:
         await self.start()
         return self

@@ -44,6 +44,14 @@ class SimConfig:
     learns of a node within 1 s (PROTOCOL.md, ``node_registered``)."""
     connect_timeout_s: float = 10.0
     seed: int | None = None
+    fault_at_s: float = 5.0
+    """When a fault given to the run begins, in seconds from the first submit."""
+    after_fault_s: float = 12.0
+    """Submitting goes on at least this long after a fault ends, so recovery can be seen."""
+    flap_every_s: float = 0.3
+    """With the ``flap-node`` fault: how long node 1 stays registered between two drops."""
+    storm_service: str = "storm"
+    """With the ``mna-storm`` fault: the service the storm nodes report unavailable."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -55,7 +63,17 @@ class SimConfig:
             problems.append("jobs must not be negative")
         if self.duration_s is not None and self.duration_s <= 0:
             problems.append("duration_s must be positive")
-        for name in ("rate", "job_ms", "frame_budget", "grace_s", "settle_s", "warmup_s"):
+        for name in (
+            "rate",
+            "job_ms",
+            "frame_budget",
+            "grace_s",
+            "settle_s",
+            "warmup_s",
+            "fault_at_s",
+            "after_fault_s",
+            "flap_every_s",
+        ):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must not be negative")
         for name in ("fail_rate", "mna_rate", "duplicate_rate"):

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import protocol as p
 from scheduler_sdk.node import Job, Violation
 from scheduler_sdk.simulator.config import SimConfig
+from scheduler_sdk.simulator.faults import Window, fault_report
 from scheduler_sdk.simulator.report import NodeReport, SimViolation, Summary, percentile
 
 logger = logging.getLogger(__name__)
@@ -191,6 +192,7 @@ class Ledger:
         submit_rate_cap: float | None,
         fits_slots: bool,
         node_reports: tuple[NodeReport, ...],
+        fault: Window | None = None,
     ) -> Summary:
         """Check the deliveries (an aborted run's outstanding jobs are ``unfinished``, not
         missing) and sum everything up."""
@@ -198,6 +200,8 @@ class Ledger:
         completed = 0
         failed: Counter[str] = Counter()
         latencies: list[float] = []
+        ok_times: list[float] = []
+        submitted_latencies: list[tuple[float, float]] = []
         last_result: float | None = None
         for request in self._requests:
             if request.job_id is None:
@@ -207,9 +211,11 @@ class Ledger:
                 continue
             first = delivered[0]
             latencies.append((first.at - request.submitted_at) * 1000)
+            submitted_latencies.append((request.submitted_at, latencies[-1]))
             last_result = first.at if last_result is None else max(last_result, first.at)
             if first.result.ok:
                 completed += 1
+                ok_times.append(first.at)
             else:
                 failed[first.result.error.code if first.result.error else "UNKNOWN"] += 1
         span = 0.0
@@ -244,6 +250,14 @@ class Ledger:
             node_reports=node_reports,
             session_errors=dict(self._session_errors),
             aborted=aborted,
+            fault=None
+            if fault is None or self._first_submit is None
+            else fault_report(
+                fault,
+                first_submit=self._first_submit,
+                ok_results=ok_times,
+                submitted_latencies=submitted_latencies,
+            ),
         )
 
     def _check_deliveries(self, aborted: bool) -> tuple[int, int, int]:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 MAX_RENDERED_VIOLATIONS = 20
 
@@ -18,6 +20,28 @@ class SimViolation:
     ``unexpected_result``, ``wrong_result``, ``duplicate_job``, ``duplicate_rejected``,
     ``no_reply``."""
     detail: str
+
+
+@dataclass(frozen=True)
+class FaultReport:
+    """A fault during the run and how the run came through it (``simulator.faults``); times
+    are seconds from the first submit."""
+
+    name: str
+    started_s: float
+    ended_s: float
+    notes: tuple[str, ...]
+    failed: str | None
+    """Why the fault could not be injected (or the system did not come back from it)."""
+    pre_fault_rate: float
+    """Ok results per second before the fault."""
+    recovery_s: float | None
+    """Seconds from the fault's end until ok results reached 90 % of ``pre_fault_rate`` over a
+    2 s window (``None``: not within the run)."""
+    latency_p50_ms: float | None
+    """Submit-to-result latency of the jobs submitted while the fault lasted."""
+    latency_p99_ms: float | None
+    results_during: int
 
 
 @dataclass(frozen=True)
@@ -72,6 +96,16 @@ class Summary:
     node_reports: tuple[NodeReport, ...]
     session_errors: Mapping[str, int]
     aborted: bool
+    fault: FaultReport | None = None
+
+    @property
+    def oversold(self) -> int:
+        """Broken slot promises: a node sent more than ``max_jobs``, an attempt run twice."""
+        return sum(1 for v in self.violations if v.kind in ("max_jobs", "double_dispatch"))
+
+    def as_dict(self) -> dict[str, Any]:
+        """Everything, as JSON-ready values (``manage.py simulate --json``)."""
+        return {**dataclasses.asdict(self), "ok": self.ok, "oversold": self.oversold}
 
     @property
     def rejected_total(self) -> int:
@@ -124,6 +158,8 @@ class Summary:
         )
         if self.session_errors:
             lines.append(f"  session error frames{_codes(self.session_errors)}")
+        if self.fault is not None:
+            lines += _fault_lines(self.fault)
         if self.node_reports:
             lines.append("  nodes:")
             for node in self.node_reports:
@@ -149,6 +185,19 @@ class Summary:
         else:
             lines.append("No invariant violations seen.")
         return "\n".join(lines)
+
+
+def _fault_lines(fault: FaultReport) -> list[str]:
+    recovery = "not seen" if fault.recovery_s is None else f"{fault.recovery_s:.1f} s"
+    lines = [
+        f"  fault       {fault.name} from {fault.started_s:.1f} s to {fault.ended_s:.1f} s"
+        + (f" (FAILED: {fault.failed})" if fault.failed else ""),
+        f"    before    {fault.pre_fault_rate:.1f} ok results/s; back to 90 % after {recovery}",
+        f"    during    {fault.results_during} results of jobs submitted meanwhile: "
+        f"p50 {_ms(fault.latency_p50_ms)}  p99 {_ms(fault.latency_p99_ms)}",
+    ]
+    lines += [f"    {note}" for note in fault.notes]
+    return lines
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:

@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from scheduler_sdk.session import SessionClient
+from scheduler_sdk.simulator import faults
 from scheduler_sdk.simulator.config import SimConfig, SimulationError
 from scheduler_sdk.simulator.ledger import Ledger
 from scheduler_sdk.simulator.nodes import node_report, simulated_agent
@@ -32,6 +33,10 @@ class Simulator:
     ``url`` is the scheduler's base (``ws://host:port``); the node and session endpoints are
     ``/ws/node/`` and ``/ws/session/`` below it. ``agent_options`` and ``client_options`` go to
     every ``NodeAgent`` and ``SessionClient`` (a test passes a fast backoff through them).
+
+    A ``fault`` runs ``config.fault_at_s`` after the first submit, and the ``Summary`` judges
+    the run around it (``simulator.faults``); ``storm_tokens`` are the nodes of an
+    ``mna_storm()`` (they connect with the others and take no jobs of the run's services).
     """
 
     def __init__(
@@ -43,6 +48,8 @@ class Simulator:
         *,
         agent_options: Mapping[str, Any] | None = None,
         client_options: Mapping[str, Any] | None = None,
+        storm_tokens: Sequence[str] = (),
+        fault: faults.ScheduledFault | None = None,
     ) -> None:
         if not api_keys:
             raise ValueError("a simulation needs at least one session (API key)")
@@ -79,6 +86,17 @@ class Simulator:
             )
             for i, key in enumerate(api_keys)
         ]
+        self._storm_agents = [
+            faults.storm_agent(
+                self.node_url,
+                token,
+                service=self.config.storm_service,
+                options=dict(agent_options or {}),
+            )
+            for token in storm_tokens
+        ]
+        self.fault = fault
+        self._fault_window: faults.Window | None = None
         self._traffic = Traffic(
             self.config, self._clients, ledger, nodes=len(self._agents), run_id=self._run_id
         )
@@ -112,6 +130,25 @@ class Simulator:
             f"violations {self._ledger.violation_count}"
         )
 
+    # --- the simulator's own faults ----------------------------------------------------------
+
+    async def flap_node(self, *, times: int) -> list[str]:
+        """The ``flap-node`` fault: node 1's connection dropped ``times`` times."""
+        if not self._agents:
+            return ["no nodes: nothing to flap"]
+        return await faults.flap_node(
+            self._agents[0], times=times, every_s=self.config.flap_every_s
+        )
+
+    async def mna_storm(self, *, rate: float, seconds: float) -> list[str]:
+        """The ``mna-storm`` fault: the storm nodes report ``rate`` model_not_available/s."""
+        return await faults.mna_storm(
+            self._storm_agents,
+            service=self.config.storm_service,
+            rate=rate,
+            seconds=seconds,
+        )
+
     # --- the run ----------------------------------------------------------------------------
 
     async def run(self) -> Summary:
@@ -122,7 +159,14 @@ class Simulator:
             await self._connect()
             if self.config.warmup_s and self._agents:
                 await asyncio.sleep(self.config.warmup_s)
-            await self._traffic.submit()
+            fault = None if self.fault is None else asyncio.create_task(self._fault(self.fault))
+            try:
+                await self._traffic.submit()
+                if fault is not None:
+                    await fault
+            finally:
+                if fault is not None:
+                    fault.cancel()
             await self._drain_phase()
         finally:
             await self._disconnect()
@@ -134,11 +178,31 @@ class Simulator:
             submit_rate_cap=self.submit_rate_cap,
             fits_slots=self._traffic.fits_slots,
             node_reports=tuple(node_report(i, a) for i, a in enumerate(self._agents)),
+            fault=self._fault_window,
         )
+
+    async def _fault(self, fault: faults.ScheduledFault) -> None:
+        """Run ``fault`` at ``fault_at_s``, keeping the submits going until it is over and
+        ``after_fault_s`` more."""
+        self._traffic.not_before = float("inf")
+        await asyncio.sleep(self.config.fault_at_s)
+        started = time.monotonic()
+        logger.warning("simulation %s: fault %s begins", self._run_id, fault.name)
+        notes: Sequence[str] = ()
+        failed = None
+        try:
+            notes = await fault.action()
+        except Exception as exc:
+            failed = str(exc) or repr(exc)
+            logger.exception("simulation %s: fault %s failed", self._run_id, fault.name)
+        ended = time.monotonic()
+        logger.warning("simulation %s: fault %s is over", self._run_id, fault.name)
+        self._fault_window = faults.Window(fault.name, started, ended, tuple(notes), failed)
+        self._traffic.not_before = ended + self.config.after_fault_s
 
     async def _connect(self) -> None:
         timeout = self.config.connect_timeout_s
-        starts = [agent.start(timeout_s=timeout) for agent in self._agents]
+        starts = [agent.start(timeout_s=timeout) for agent in self._agents + self._storm_agents]
         connects = [client.connect(timeout_s=timeout) for client in self._clients]
         outcomes = await asyncio.gather(*starts, *connects, return_exceptions=True)
         failures = [o for o in outcomes if isinstance(o, BaseException)]
@@ -171,7 +235,8 @@ class Simulator:
         await asyncio.gather(*(client.close() for client in self._clients), return_exceptions=True)
         grace = 0.0 if self._aborting.is_set() else 2.0
         await asyncio.gather(
-            *(agent.stop(grace_s=grace) for agent in self._agents), return_exceptions=True
+            *(agent.stop(grace_s=grace) for agent in self._agents + self._storm_agents),
+            return_exceptions=True,
         )
         for i, agent in enumerate(self._agents):
             if agent.error is not None:

@@ -97,6 +97,9 @@ class Traffic:
             self._window = [asyncio.Semaphore(share) for share in shares]
             self.fits_slots = bool(slots) and sum(shares) <= slots
         self._remaining = config.jobs
+        self.not_before: float | None = None
+        """A ``time.monotonic()`` before which ``duration_s`` does not end submitting (set
+        while a fault runs, so that the run sees the recovery after it)."""
         self._stopping = asyncio.Event()
         self._dead_sessions: set[int] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -130,9 +133,14 @@ class Traffic:
         timeout = self._config.duration_s
         deadline = None if timeout is None else time.monotonic() + timeout
         while not all(loop.done() for loop in loops):
-            left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            until = None if deadline is None else max(deadline, self.not_before or 0.0)
+            left = None if until is None else max(until - time.monotonic(), 0.0)
+            if left is not None and self.not_before is not None:
+                left = min(left, 0.5)  # a fault may move not_before while this waits
             done, _ = await asyncio.wait(waits, timeout=left, return_when=asyncio.FIRST_COMPLETED)
-            if stopping in done or (deadline is not None and time.monotonic() >= deadline):
+            if stopping in done:
+                break
+            if until is not None and time.monotonic() >= max(until, self.not_before or 0.0):
                 break
             waits -= done
         for loop in loops:

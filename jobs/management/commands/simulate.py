@@ -3,14 +3,23 @@
 It creates (or re-keys) its own node records and API key, runs ``scheduler_sdk.simulator``,
 prints progress to stderr and the summary to stdout, and fails when the scheduler was seen to
 break a promise. The checks themselves live in the simulator; this is only the interface.
+
+``--fault <name>`` injects one fault during the run (docs/faults.md): the Redis and process
+faults of ``hotstate.faults`` against the cluster of ``REDIS_CLUSTER_URL`` and the daphnes
+listening on ``--url``'s port (both must run on this machine), or the simulator's own
+``flap-node`` and ``mna-storm``. The summary then says how the run came through it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import json
 import logging
 import signal
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -18,14 +27,27 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from core.errors import SchedulerError
+from hotstate import faults
 from nodes.models import Node
 from nodes.services import node_create, node_token_issue
+from scheduler_sdk.backoff import Backoff
 from scheduler_sdk.simulator import DISTRIBUTIONS, SimConfig, SimulationError, Simulator, Summary
+from scheduler_sdk.simulator.faults import (
+    FLAP_NODE,
+    MNA_STORM,
+    FaultAction,
+    ScheduledFault,
+    storm_nodes_for,
+)
 from sessions.models import ApiKey
 from sessions.services import api_key_create, api_key_issue
 
 SIM_TENANT = "sim"
 DEFAULT_JOBS = 200
+FAULT_NAMES = (*faults.FAULTS, FLAP_NODE, MNA_STORM)
+DEFAULT_FAULT_FOR_S = {faults.PAUSE_PRIMARIES: 5.0, faults.FREEZE_CLUSTER: 10.0, MNA_STORM: 10.0}
+# A flapping node comes straight back, so 50 flaps fit in a short run.
+FLAP_BACKOFF = Backoff(initial_s=0.05, max_s=1.0)
 
 
 def simulation_credentials(*, prefix: str, nodes: int) -> tuple[list[str], str]:
@@ -34,15 +56,7 @@ def simulation_credentials(*, prefix: str, nodes: int) -> tuple[list[str], str]:
     Records left by an earlier run are reused with new secrets, so repeated runs keep the same
     ``node_id``s instead of piling up nodes; the old secrets stop working.
     """
-    tokens = []
-    for number in range(1, nodes + 1):
-        name = f"{prefix}-node-{number}"
-        node = Node.objects.filter(name=name).first()
-        if node is None:
-            _, token = node_create(name=name)
-        else:
-            token = node_token_issue(node=node)
-        tokens.append(token)
+    tokens = node_tokens([f"{prefix}-node-{number}" for number in range(1, nodes + 1)])
     key_name = f"{prefix} simulated sessions"
     api_key = ApiKey.objects.filter(tenant=SIM_TENANT, name=key_name).first()
     if api_key is None:
@@ -50,6 +64,19 @@ def simulation_credentials(*, prefix: str, nodes: int) -> tuple[list[str], str]:
     else:
         key = api_key_issue(api_key=api_key)
     return tokens, key
+
+
+def node_tokens(names: Sequence[str]) -> list[str]:
+    """Fresh tokens for the nodes ``names``, made or re-keyed (see ``simulation_credentials``)."""
+    tokens = []
+    for name in names:
+        node = Node.objects.filter(name=name).first()
+        if node is None:
+            _, token = node_create(name=name)
+        else:
+            token = node_token_issue(node=node)
+        tokens.append(token)
+    return tokens
 
 
 def websocket_base(url: str) -> str:
@@ -64,6 +91,11 @@ def websocket_base(url: str) -> str:
             parts.hostname, "127.0.0.1" if ":" not in parts.hostname else "[::1]"
         )
     return urlunsplit((scheme, netloc, "", "", ""))
+
+
+def _port(url: str) -> int:
+    parts = urlsplit(websocket_base(url))
+    return parts.port or (443 if parts.scheme == "wss" else 80)
 
 
 def _csv(text: str) -> tuple[str, ...]:
@@ -131,6 +163,31 @@ class Command(BaseCommand):
             "--every", type=float, default=2.0, help="seconds between progress lines"
         )
         parser.add_argument("--quiet", action="store_true", help="no progress lines")
+        parser.add_argument(
+            "--fault",
+            choices=FAULT_NAMES,
+            help="inject this fault during the run (docs/faults.md)",
+        )
+        parser.add_argument(
+            "--fault-at", type=float, default=5.0, help="seconds after the first submit (5)"
+        )
+        parser.add_argument(
+            "--fault-for",
+            type=float,
+            help="pause-primaries: seconds per primary (5); freeze-cluster: seconds (10); "
+            "mna-storm: seconds (10)",
+        )
+        parser.add_argument(
+            "--after-fault",
+            type=float,
+            default=12.0,
+            help="seconds to keep submitting after the fault ends (12)",
+        )
+        parser.add_argument("--flaps", type=int, default=50, help="flap-node: drops (50)")
+        parser.add_argument(
+            "--storm-rate", type=float, default=1000.0, help="mna-storm: reports/s (1000)"
+        )
+        parser.add_argument("--json", type=Path, help="also write the summary to this file")
 
     def handle(self, *args: Any, **options: Any) -> None:
         config = self._config(options)
@@ -144,7 +201,22 @@ class Command(BaseCommand):
         if options["verbosity"] < 2:
             # The SDK logs every connect and disconnect; the progress line says enough.
             logging.getLogger("scheduler_sdk").setLevel(logging.WARNING)
-        simulator = Simulator(url, tokens, [key] * options["sessions"], config)
+        fault = options["fault"]
+        storm_tokens: list[str] = []
+        if fault == MNA_STORM:
+            count = storm_nodes_for(options["storm_rate"])
+            names = [f"{options['prefix']}-storm-{n}" for n in range(1, count + 1)]
+            storm_tokens = node_tokens(names)
+        simulator = Simulator(
+            url,
+            tokens,
+            [key] * options["sessions"],
+            config,
+            agent_options={"backoff": FLAP_BACKOFF} if fault == FLAP_NODE else None,
+            storm_tokens=storm_tokens,
+        )
+        if fault:
+            simulator.fault = ScheduledFault(fault, self._fault_action(simulator, options))
         if not options["quiet"]:
             self.stderr.write(
                 f"Simulating {options['nodes']} node(s) and {options['sessions']} session(s) "
@@ -159,11 +231,35 @@ class Command(BaseCommand):
                 f"{exc} (is the scheduler running? scripts/run.sh starts it)"
             ) from exc
         self.stdout.write(summary.render())
+        if options["json"] is not None:
+            options["json"].write_text(json.dumps(summary.as_dict(), indent=1))
         if not summary.ok:
             raise CommandError(
                 f"{len(summary.violations)} invariant violation(s) and "
                 f"{len(summary.problems)} problem(s) seen"
             )
+
+    def _fault_action(self, simulator: Simulator, options: dict[str, Any]) -> FaultAction:
+        """What ``--fault`` does; the blocking faults of ``hotstate.faults`` run in a thread."""
+        name = options["fault"]
+        seconds = options["fault_for"] or DEFAULT_FAULT_FOR_S.get(name, 0.0)
+        if name == FLAP_NODE:
+            return functools.partial(simulator.flap_node, times=options["flaps"])
+        if name == MNA_STORM:
+            rate = options["storm_rate"]
+            return functools.partial(simulator.mna_storm, rate=rate, seconds=seconds)
+        redis_url = settings.REDIS_CLUSTER_URL
+        blocking = {
+            faults.KILL_INSTANCE: functools.partial(faults.kill_instance, _port(options["url"])),
+            faults.KILL_PRIMARY: functools.partial(faults.kill_primary, redis_url),
+            faults.PAUSE_PRIMARIES: functools.partial(
+                faults.pause_primaries, redis_url, each_s=seconds
+            ),
+            faults.FREEZE_CLUSTER: functools.partial(
+                faults.freeze_cluster, redis_url, seconds=seconds
+            ),
+        }[name]
+        return functools.partial(asyncio.to_thread, blocking)
 
     def _config(self, options: dict[str, Any]) -> SimConfig:
         jobs, duration = options["jobs"], options["duration"]
@@ -189,6 +285,8 @@ class Command(BaseCommand):
                 grace_s=options["grace"],
                 connect_timeout_s=options["connect_timeout"],
                 seed=options["seed"],
+                fault_at_s=options["fault_at"],
+                after_fault_s=options["after_fault"],
             )
         except ValueError as exc:
             raise CommandError(str(exc)) from exc
