@@ -23,7 +23,7 @@ from hotstate.jobs import JobState, JobView
 from jobs.services.dispatch import ack_timeout_ms, job_dispatch, job_reject
 from nodes.snapshot import snapshot_get
 from protocol import ErrorCode, JobSubmit, ServiceRef
-from sessions.delivery import result_deliver_to
+from sessions.delivery import outbox_expect, result_deliver_to
 
 logger = logging.getLogger(__name__)
 
@@ -111,10 +111,28 @@ async def job_submit(*, tenant: str, session_id: str, submit: JobSubmit) -> Acce
             await job_reject(tenant=tenant, request_id=submit.request_id, job_id=job_id)
         raise
     if node_id is None:
-        await job_reject(tenant=tenant, request_id=submit.request_id, job_id=job_id)
-        raise NoAvailableNode(f"no online node can take service {_service_name(submit.service)}")
+        node_id = await _placed_elsewhere(
+            tenant=tenant, request_id=submit.request_id, job_id=job_id
+        )
+        if node_id is None:
+            raise NoAvailableNode(
+                f"no online node can take service {_service_name(submit.service)}"
+            )
+    # From here the session's sweep sees to it that the result, or JOB_LOST, reaches it.
+    await outbox_expect(session_id=session_id, job_id=job_id, request_id=submit.request_id)
     logger.debug("job %s accepted for request %s on node %s", job_id, submit.request_id, node_id)
     return Accepted(job_id=job_id, request_id=submit.request_id, node_id=node_id)
+
+
+async def _placed_elsewhere(*, tenant: str, request_id: str, job_id: str) -> str | None:
+    """This submit's dispatch placed nothing: reject the job, unless the sweep's dispatch got
+    there first (then the job stands: answer with its node, or "-" while it waits)."""
+    if await job_reject(tenant=tenant, request_id=request_id, job_id=job_id):
+        return None
+    job = await hjobs.job_get(job_id=job_id)
+    if job is None or _rejected_before_dispatch(job):
+        return None
+    return job.node_id or "-"
 
 
 def _first_check_ms() -> int:
@@ -168,6 +186,10 @@ async def _join_existing(
             if job is not None and job.node_id:
                 if job.state.terminal:
                     await result_deliver_to(job=job, session_ids=(session_id,))
+                else:
+                    await outbox_expect(
+                        session_id=session_id, job_id=job_id, request_id=submit.request_id
+                    )
                 return Accepted(job_id, submit.request_id, job.node_id, duplicate=True)
             if job is not None and job.state.terminal:
                 # Ended without ever reaching a node (e.g. cancelled right away).
