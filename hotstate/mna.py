@@ -156,6 +156,7 @@ async def _read_shard(
                 "mna_read",
                 cluster,
                 cluster.xreadgroup(group, consumer, {stream: ">"}, count=count, block=block_ms),
+                key=stream,
             )
             break
         except ResponseError as exc:
@@ -197,7 +198,10 @@ async def mna_ack(
         by_shard.setdefault(event.shard, []).append(event.entry_id)
     for shard, entry_ids in by_shard.items():
         acked += await bounded(
-            "mna_ack", cluster, cluster.xack(keys.mna_stream(shard), group, *entry_ids)
+            "mna_ack",
+            cluster,
+            cluster.xack(keys.mna_stream(shard), group, *entry_ids),
+            key=keys.mna_stream(shard),
         )
     return acked
 

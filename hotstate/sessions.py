@@ -105,7 +105,8 @@ async def session_renew(
 async def session_owner_get(*, session_id: str, client: RedisCluster | None = None) -> str | None:
     """The channel holding the session's socket now, or None (closed or expired)."""
     cluster = client or get_client()
-    value = await bounded("session_owner_get", cluster, cluster.get(keys.session_owner(session_id)))
+    owner = keys.session_owner(session_id)
+    value = await bounded("session_owner_get", cluster, cluster.get(owner), key=owner)
     return str(value) if value else None
 
 
@@ -264,5 +265,7 @@ async def session_results_pending(
     taking them makes room for the rest)."""
     cluster = client or get_client()
     outbox = keys.session_outbox(session_id)
-    job_ids = await bounded("session_results_pending", cluster, cluster.hrandfield(outbox, limit))
+    job_ids = await bounded(
+        "session_results_pending", cluster, cluster.hrandfield(outbox, limit), key=outbox
+    )
     return sorted(str(job_id) for job_id in job_ids or ())
