@@ -235,11 +235,16 @@ async def node_drain_request(*, node_id: str, channel: str) -> None:
     snapshot_get().note_drained(node_id)
 
 
-async def node_job_cancel(*, node_id: str, frame: NodeJobCancel) -> None:
-    """Tell the node's socket to send ``job_cancel``; a node offline now needs no telling."""
+async def node_job_cancel(*, node_id: str, frame: NodeJobCancel) -> bool:
+    """Tell the node's socket to send ``job_cancel``; False if it could not be told.
+
+    A node offline now needs no telling (True): it runs nothing of ours. A socket whose channel
+    refused the notice (full, or its process stalled) may still be running the job.
+    """
     channel = await hnodes.node_channel(node_id=node_id)
-    if channel:
-        await event_send(channel, JobCancelEvent(job_id=frame.job_id, frame=dump(frame)))
+    if not channel:
+        return True
+    return await event_send(channel, JobCancelEvent(job_id=frame.job_id, frame=dump(frame)))
 
 
 async def directory_prune() -> None:

@@ -43,11 +43,13 @@ OWE_DELIVER = "owe:deliver"
 async def job_followups(*, job_id: str) -> JobView | None:
     """Do what the job's moves left owed, mark each done; the job as read, or None if gone.
 
-    1. Give back each node's slot (``owe:rel:<node>``); releasing twice is harmless.
-    2. Tell each node to stop (``owe:cancel:<node>``); a node ignores a cancel it does not need.
-    3. On an end (``owe:deliver``): put the result in every subscriber's outbox (stored once per
-       session, so redoing it cannot deliver twice), forget the route, record the history.
-    4. Settle what was done. An ended job with nothing owed any more needs no timer.
+    1. Tell each node to stop (``owe:cancel:<node>``); a node ignores a cancel it does not need.
+       On an end (``owe:deliver``), meanwhile: put the result in every subscriber's outbox
+       (stored once per session, so redoing it cannot deliver twice), forget the route, record
+       the history.
+    2. Give back each node's slot (``owe:rel:<node>``; releasing twice is harmless), once that
+       node has been told to stop: a node that could not be told keeps its slot until it is.
+    3. Settle what was done. An ended job with nothing owed any more needs no timer.
 
     A follow-up that fails stays owed; its error is raised after the others ran, and the job's
     timer is brought forward so the sweep redoes it soon.
@@ -55,9 +57,8 @@ async def job_followups(*, job_id: str) -> JobView | None:
     job = await hjobs.job_get(job_id=job_id)
     if job is None:
         return None
-    if job.owed:
-        await _do_owed(job)
-    if job.state.terminal:
+    owed = await _do_owed(job) if job.owed else 0
+    if job.state.terminal and not owed:
         await htimers.timer_disarm(job_id=job_id)
     return job
 
@@ -74,28 +75,55 @@ async def job_followups_now(*, job_id: str) -> None:
         logger.warning("job %s: follow-ups left to the sweep: %s", job_id, exc)
 
 
-async def _do_owed(job: JobView) -> None:
-    names = list(job.owed)
+async def _do_owed(job: JobView) -> int:
+    """Do the owed follow-ups; settle the done ones; how many are still owed. Raises the first
+    unexpected error, once the others ran and the timer is brought forward.
+
+    A node's slot is given back only once the node has been told to stop (if it had to be):
+    released first, it could be filled while the node still runs the job it was not told about.
+    """
+    first = [name for name in job.owed if not name.startswith(OWE_RELEASE)]
+    done, failed = await _run(job, first)
+    untold = {
+        name.removeprefix(OWE_CANCEL)
+        for name in first
+        if name.startswith(OWE_CANCEL) and name not in done
+    }
+    releases = [
+        name
+        for name in job.owed
+        if name.startswith(OWE_RELEASE) and name.removeprefix(OWE_RELEASE) not in untold
+    ]
+    released, release_failed = await _run(job, releases)
+    done |= released
+    failed += release_failed
+    try:
+        owed = await hjobs.job_settle(job_id=job.job_id, done=done) if done else len(job.owed)
+    except hcodes.JobNotFound:
+        return 0
+    if failed or owed:
+        await htimers.timer_arm(job_id=job.job_id, due_ms=now_ms() + FOLLOWUP_RETRY_MS)
+    if failed:
+        raise failed[0]
+    return owed
+
+
+async def _run(job: JobView, names: list[str]) -> tuple[dict[str, str], list[BaseException]]:
+    """Run follow-ups concurrently: the done ones (field -> value seen), and the errors."""
     outcomes = await asyncio.gather(
         *(_followup(job, name) for name in names), return_exceptions=True
     )
     done = {
         name: job.owed[name]
         for name, outcome in zip(names, outcomes, strict=True)
-        if not isinstance(outcome, BaseException)
+        if outcome is not False and not isinstance(outcome, BaseException)
     }
     failed = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
-    try:
-        owed = await hjobs.job_settle(job_id=job.job_id, done=done) if done else len(names)
-    except hcodes.JobNotFound:
-        return
-    if failed or owed:
-        await htimers.timer_arm(job_id=job.job_id, due_ms=now_ms() + FOLLOWUP_RETRY_MS)
-    if failed:
-        raise failed[0]
+    return done, failed
 
 
-def _followup(job: JobView, name: str) -> Awaitable[None]:
+def _followup(job: JobView, name: str) -> Awaitable[bool | None]:
+    """One follow-up; it returns False when it could not be done now, without an error."""
     if name.startswith(OWE_RELEASE):
         return _release(job, node_id=name.removeprefix(OWE_RELEASE))
     if name.startswith(OWE_CANCEL):

@@ -230,3 +230,46 @@ async def test_a_storm_of_reports_about_a_service_reaches_the_stream_once_per_wi
     )
     assert reported == [("asr", ""), ("asr", "v2")]
     assert STATE.part(MnaEdge).skipped == 19
+
+
+async def test_a_node_that_could_not_be_told_to_stop_keeps_its_slot_until_it_is(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Released first, the slot could be filled while the node still runs the job it was not
+    told about: one job too many on the node (seen under CLIENT PAUSE: the notice's channel
+    stalled)."""
+    node_id, node = await online_node("gpu", max_jobs=1)
+    _, session = await online_session(await new_api_key("acme"))
+    assign = await accepted_job(session, node, "r-1")
+    original = endings.node_job_cancel
+    told: list[bool] = []
+
+    async def unreachable_once(**kwargs: Any) -> bool:
+        if not told:
+            told.append(False)
+            return False
+        told.append(True)
+        return await original(**kwargs)
+
+    monkeypatch.setattr(endings, "node_job_cancel", unreachable_once)
+    await jobs.job_cancel(tenant="acme", job_id=assign["job_id"])
+    assert (await session.receive_type("job_result"))["error"]["code"] == "CANCELLED"
+    assert not await slot_free(node_id, assign["job_id"]), "released before the node was told"
+    cancel = await node.receive_type("job_cancel", timeout=10)
+    assert cancel["job_id"] == assign["job_id"]
+    await eventually(lambda: slot_free(node_id, assign["job_id"]), timeout=5)
+    assert told == [False, True]
+
+
+async def test_a_request_whose_first_submit_died_after_its_claim_is_placed_by_a_repeat() -> None:
+    """The claim bound the request to a job id, then the submitter died before creating it: a
+    repeat must not be told 'still being placed' until the binding's lease ends (minutes)."""
+    _, node = await online_node("gpu")
+    lease_ms = hjobs.request_lease_ms(60_000)
+    claim = await hjobs.request_claim(
+        tenant="acme", request_id="r-1", job_id="j_orphan", lease_ms=lease_ms
+    )
+    assert claim.won
+    repeat = await jobs.job_submit(tenant="acme", session_id="", submit=job_submit("r-1"))
+    assert (repeat.job_id, repeat.duplicate) == ("j_orphan", True)
+    assert (await node.receive_type("job_assign"))["job_id"] == "j_orphan"
