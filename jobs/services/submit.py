@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
 
 from django.conf import settings
 
@@ -18,7 +16,6 @@ from core.runtime import now_ms
 from hotstate import codes as hcodes
 from hotstate import jobs as hjobs
 from hotstate import timers as htimers
-from hotstate.errors import DependencyDown
 from hotstate.jobs import JobState, JobView
 from jobs.services.dispatch import ack_timeout_ms, job_dispatch, job_reject
 from nodes.snapshot import snapshot_get
@@ -63,11 +60,14 @@ async def job_submit(*, tenant: str, session_id: str, submit: JobSubmit) -> Acce
     3. Create the job record (CREATED, attempt 1) with this session subscribed.
     4. Dispatch: reserve a slot on the best candidate, mark DISPATCHED, send ``job_assign``.
     5. No node: fail the job quietly and unbind the request, so a retry is judged afresh.
+    6. A Redis error ends the submit at once (``DEPENDENCY_DOWN``). What it left half done is
+       finished by a repeat of the request, or ended quietly by the job's timer.
     """
     timeout_ms, payload_json = submit_validate(submit=submit)
     snapshot_get().require_known_service(submit.service.id)
     job_id = id_new(prefix="j")
     lease_ms = hjobs.request_lease_ms(timeout_ms)
+    fields = _Fields(tenant, session_id, submit, timeout_ms, payload_json)
     for round_ in range(3):
         claiming = hjobs.request_claim(
             tenant=tenant, request_id=submit.request_id, job_id=job_id, lease_ms=lease_ms
@@ -83,45 +83,58 @@ async def job_submit(*, tenant: str, session_id: str, submit: JobSubmit) -> Acce
             claim = await claiming
         if claim.won:
             break
-        joined = await _join_existing(
-            tenant=tenant, session_id=session_id, submit=submit, job_id=claim.job_id
-        )
+        joined = await _join_existing(fields, job_id=claim.job_id)
         if joined is not None:
             return joined
         # The earlier job was rejected and its binding released meanwhile: judge afresh.
     else:
         raise NoAvailableNode("the request is being retried concurrently; try again")
-    await _create(
+    return await _place(fields, job_id=job_id, duplicate=False)
+
+
+@dataclass(frozen=True)
+class _Fields:
+    """What a submit brings to the job it creates."""
+
+    tenant: str
+    session_id: str
+    submit: JobSubmit
+    timeout_ms: int
+    payload_json: str
+
+
+async def _place(fields: _Fields, *, job_id: str, duplicate: bool) -> Accepted:
+    """Create the job (or join its record, if a first submit created it) and dispatch it.
+
+    A Redis error is raised at once: nothing here waits on a second call to tidy up. A job whose
+    create or dispatch failed midway is the sweep's (it ends it quietly at its first check), and
+    a repeat of the request places it meanwhile (``_adopt``).
+    """
+    submit = fields.submit
+    await hjobs.job_create(
         job_id=job_id,
-        tenant=tenant,
+        tenant=fields.tenant,
         request_id=submit.request_id,
-        session_id=session_id,
+        session_id=fields.session_id,
         service_id=submit.service.id,
         service_version=submit.service.version,
         features=submit.features or (),
-        payload_json=payload_json,
-        timeout_ms=timeout_ms,
+        payload_json=fields.payload_json,
+        timeout_ms=fields.timeout_ms,
     )
-    try:
-        node_id = await _dispatch_first(job_id=job_id)
-    except DependencyDown:
-        # Nobody has been told of the job: end it quietly if it is still waiting, or leave it
-        # to its timer (a retry of the request joins it).
-        with contextlib.suppress(DependencyDown):
-            await job_reject(tenant=tenant, request_id=submit.request_id, job_id=job_id)
-        raise
+    node_id = await _dispatch_first(job_id=job_id)
     if node_id is None:
         node_id = await _placed_elsewhere(
-            tenant=tenant, request_id=submit.request_id, job_id=job_id
+            tenant=fields.tenant, request_id=submit.request_id, job_id=job_id
         )
         if node_id is None:
             raise NoAvailableNode(
                 f"no online node can take service {_service_name(submit.service)}"
             )
     # From here the session's sweep sees to it that the result, or JOB_LOST, reaches it.
-    await outbox_expect(session_id=session_id, job_id=job_id, request_id=submit.request_id)
+    await outbox_expect(session_id=fields.session_id, job_id=job_id, request_id=submit.request_id)
     logger.debug("job %s accepted for request %s on node %s", job_id, submit.request_id, node_id)
-    return Accepted(job_id=job_id, request_id=submit.request_id, node_id=node_id)
+    return Accepted(job_id, submit.request_id, node_id, duplicate=duplicate)
 
 
 async def _placed_elsewhere(*, tenant: str, request_id: str, job_id: str) -> str | None:
@@ -141,18 +154,6 @@ def _first_check_ms() -> int:
     return now_ms() + max(ack_timeout_ms(), 2 * bound_ms)
 
 
-async def _create(*, tenant: str, request_id: str, job_id: str, **fields: Any) -> None:
-    """Create the record; if that fails, free the request id for a retry (best effort)."""
-    try:
-        await hjobs.job_create(job_id=job_id, tenant=tenant, request_id=request_id, **fields)
-    except DependencyDown:
-        # The create may have happened: the timer armed first looks at the job then.
-        with contextlib.suppress(DependencyDown):
-            if await hjobs.job_get(job_id=job_id) is None:
-                await hjobs.request_release(tenant=tenant, request_id=request_id, job_id=job_id)
-        raise
-
-
 async def _dispatch_first(*, job_id: str) -> str | None:
     job = await hjobs.job_get(job_id=job_id)
     if job is None:
@@ -160,21 +161,20 @@ async def _dispatch_first(*, job_id: str) -> str | None:
     return await job_dispatch(job=job, exclude=())
 
 
-async def _join_existing(
-    *, tenant: str, session_id: str, submit: JobSubmit, job_id: str
-) -> Accepted | None:
+async def _join_existing(fields: _Fields, *, job_id: str) -> Accepted | None:
     """A repeat of a bound request: subscribe this session and answer with the same job.
 
     Returns None when the earlier job was rejected (its binding is being released), so the
-    caller claims afresh.
+    caller claims afresh. A job still not placed after DUPLICATE_WAIT_S (its first submit
+    crashed or failed between the claim and the dispatch) is placed by this repeat.
     """
+    tenant, session_id, submit = fields.tenant, fields.session_id, fields.submit
     deadline = time.monotonic() + DUPLICATE_WAIT_S
     while True:
         try:
             status = await hjobs.job_subscribe(job_id=job_id, tenant=tenant, session_id=session_id)
         except hcodes.JobNotFound:
-            # Bound but not yet created by the first submitter (or it crashed in between):
-            # wait for it; the binding's lease ends a crashed attempt.
+            # Bound but not yet created by the first submitter (or it failed in between).
             status = None
         if status is not None:
             job = await hjobs.job_get(job_id=job_id)
@@ -196,8 +196,19 @@ async def _join_existing(
                 await result_deliver_to(job=job, session_ids=(session_id,))
                 return Accepted(job_id, submit.request_id, job.node_id or "-", duplicate=True)
         if time.monotonic() >= deadline:
-            raise NoAvailableNode("the first submit of this request_id is still being placed")
+            return await _adopt(fields, job_id=job_id)
         await asyncio.sleep(0.02)
+
+
+async def _adopt(fields: _Fields, *, job_id: str) -> Accepted:
+    """Place a bound job that its first submit left unplaced.
+
+    Safe while that submit is merely slow: the create is idempotent by job id and the dispatch
+    a compare-and-set, so one of the two places it and both answer with it.
+    """
+    logger.info("request %s: placing its job %s left unplaced", fields.submit.request_id, job_id)
+    await htimers.timer_arm(job_id=job_id, due_ms=_first_check_ms())
+    return await _place(fields, job_id=job_id, duplicate=True)
 
 
 def _rejected_before_dispatch(job: JobView) -> bool:
