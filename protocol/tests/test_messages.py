@@ -79,7 +79,7 @@ def test_error_codes_are_exactly_those_of_protocol_md() -> None:
         "BAD_MESSAGE", "UNKNOWN_TYPE", "UNAUTHORIZED", "FORBIDDEN", "RATE_LIMITED",
         "NO_AVAILABLE_NODE", "UNKNOWN_SERVICE", "PAYLOAD_TOO_LARGE", "JOB_NOT_FOUND",
         "STALE_ATTEMPT", "DEPENDENCY_DOWN", "INTERNAL_ERROR", "MODEL_NOT_AVAILABLE",
-        "JOB_TIMEOUT", "CANCELLED", "NODE_LOST",
+        "JOB_TIMEOUT", "CANCELLED", "NODE_LOST", "JOB_LOST",
     }  # fmt: skip
     assert {c.value for c in REJECT_CODES} == {
         "NO_AVAILABLE_NODE", "UNKNOWN_SERVICE", "PAYLOAD_TOO_LARGE", "RATE_LIMITED",
