@@ -17,6 +17,7 @@ from channels.exceptions import ChannelFull
 from channels.layers import get_channel_layer
 
 from clusterlayer import ProcessGone
+from clusterlayer.errors import UNAVAILABLE_ERRORS as LAYER_DOWN
 
 logger = logging.getLogger(__name__)
 
@@ -95,5 +96,10 @@ async def event_send(channel: str, event: Event) -> bool:
         return False
     except ChannelFull:
         logger.warning("channel %s is full; %s dropped", channel, event.type)
+        return False
+    except LAYER_DOWN as exc:
+        # The layer's Redis cannot answer now (a stall, a failover): the event may or may not
+        # have been queued. Callers treat it as not sent and keep what they owe for a retry.
+        logger.warning("channel %s unreachable (%s); %s not sent", channel, exc, event.type)
         return False
     return True

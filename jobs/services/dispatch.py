@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import Collection
@@ -16,6 +17,7 @@ from hotstate import jobs as hjobs
 from hotstate import nodes as hnodes
 from hotstate import slots as hslots
 from hotstate import timers as htimers
+from hotstate.errors import DependencyDown
 from hotstate.jobs import JobState, JobView
 from jobs.selectors import route_forget
 from jobs.services.endings import job_end, job_followups_now
@@ -80,11 +82,13 @@ async def job_dispatch(*, job: JobView, exclude: Collection[str]) -> str | None:
             deadline_ms=job.deadline_ms,
         )
         # Arm the ack timer before sending: if this process dies right after the send, another
-        # instance still notices a missing ack.
-        # The ack timeout, or the job's own deadline if that comes first.
-        await htimers.timer_arm(
-            job_id=job.job_id, due_ms=min(job.deadline_ms, now_ms() + ack_timeout_ms())
-        )
+        # instance still notices a missing ack. The ack timeout, or the job's own deadline if
+        # that comes first. From here the job is committed to the node: a Redis error must not
+        # turn it into a rejection (the timer armed at its creation still looks at it).
+        with contextlib.suppress(DependencyDown):
+            await htimers.timer_arm(
+                job_id=job.job_id, due_ms=min(job.deadline_ms, now_ms() + ack_timeout_ms())
+            )
         sent = await event_send(
             node.channel, JobAssignEvent(job_id=job.job_id, attempt=job.attempt, frame=dump(frame))
         )
@@ -95,12 +99,16 @@ async def job_dispatch(*, job: JobView, exclude: Collection[str]) -> str | None:
                 "job %s: node %s unreachable at %s", job.job_id, node.node_id, node.channel
             )
             snapshot.note_removed(node.node_id)
-            await job_failover(
-                job=replace(job, state=JobState.DISPATCHED, node_id=node.node_id),
-                code=ErrorCode.NODE_LOST,
-                reason="the node's socket is unreachable",
-            )
-            placed = await hjobs.job_get(job_id=job.job_id)
+            try:
+                await job_failover(
+                    job=replace(job, state=JobState.DISPATCHED, node_id=node.node_id),
+                    code=ErrorCode.NODE_LOST,
+                    reason="the node's socket is unreachable",
+                )
+                placed = await hjobs.job_get(job_id=job.job_id)
+            except DependencyDown:
+                # The job is committed to the node: its ack timer fails it over later.
+                return node.node_id
             return placed.node_id if placed is not None and placed.node_id else node.node_id
         logger.debug(
             "job %s attempt %s dispatched to node %s", job.job_id, job.attempt, node.node_id

@@ -12,6 +12,8 @@ import asyncio
 from typing import Any
 
 import pytest
+from channels.layers import get_channel_layer
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from core.runtime import now_ms
 from core.state import STATE
@@ -28,6 +30,7 @@ from protocol import ErrorCode, JobSubmit, ServiceRef
 from tests.support.inprocess import (
     accepted_job,
     eventually,
+    job_state,
     new_api_key,
     online_node,
     online_session,
@@ -273,3 +276,33 @@ async def test_a_request_whose_first_submit_died_after_its_claim_is_placed_by_a_
     repeat = await jobs.job_submit(tenant="acme", session_id="", submit=job_submit("r-1"))
     assert (repeat.job_id, repeat.duplicate) == ("j_orphan", True)
     assert (await node.receive_type("job_assign"))["job_id"] == "j_orphan"
+
+
+async def test_a_job_assign_the_channel_layer_could_not_send_is_placed_elsewhere(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The layer's Redis timing out on a send (a stalled primary) is 'not sent', not a server
+    error: the submit is accepted and the job moves to a node that can be told."""
+    a_id, node_a = await online_node("a", max_jobs=1)
+    b_id, node_b = await online_node("b", max_jobs=1)
+    layer = get_channel_layer()
+    original = layer.send
+    stalled: list[str] = []
+
+    async def send(channel: str, message: dict[str, Any]) -> None:
+        if message["type"] == "job.assign" and not stalled:
+            stalled.append(channel)
+            raise RedisTimeoutError("Timeout reading from the layer's primary")
+        await original(channel, message)
+
+    monkeypatch.setattr(layer, "send", send)
+    accepted = await jobs.job_submit(tenant="acme", session_id="", submit=job_submit("r-1"))
+    assert stalled, "the first job_assign went through the stalled send"
+    # Accepted where it landed: the node the layer could reach, as attempt 2.
+    landed, skipped = (node_a, node_b) if accepted.node_id == a_id else (node_b, node_a)
+    assert accepted.node_id in (a_id, b_id)
+    assert (await landed.receive_type("job_assign"))["job_id"] == accepted.job_id
+    # The unreached node is told to drop attempt 1, which it never got (harmless).
+    cancel = await skipped.receive_type("job_cancel")
+    assert (cancel["job_id"], cancel["attempt"]) == (accepted.job_id, 1)
+    assert (await job_state(accepted.job_id))[1] == 2
