@@ -33,6 +33,16 @@ MAX_RESERVE_TRIES = 4
 REDISPATCH_INTERVAL_MS = 500
 
 
+class MaybePlaced(DependencyDown):
+    """Redis failed the move to DISPATCHED after the slot was reserved: the move may or may not
+    have applied. If it did, the node never gets ``job_assign``, and the job's ack timer fails
+    it over; if not, the job still waits for a node."""
+
+    def __init__(self, node_id: str) -> None:
+        super().__init__(f"placing the job on node {node_id}: Redis did not answer")
+        self.node_id = node_id
+
+
 async def job_dispatch(*, job: JobView, exclude: Collection[str]) -> str | None:
     """Place a CREATED job on a node for its current attempt; return the node id or None.
 
@@ -41,6 +51,8 @@ async def job_dispatch(*, job: JobView, exclude: Collection[str]) -> str | None:
     3. CREATED -> DISPATCHED for this attempt (compare-and-set; a cancel or timeout may have
        won meanwhile, then the slot is given back).
     4. Send ``job_assign`` to the consumer that holds the node's socket and arm the ack timer.
+
+    Raises ``MaybePlaced`` if Redis fails step 3 (then nobody knows yet where the job is).
     """
     snapshot = snapshot_get()
     candidates = node_candidates(
@@ -73,6 +85,13 @@ async def job_dispatch(*, job: JobView, exclude: Collection[str]) -> str | None:
             # Cancelled, timed out or placed by another instance first: give the slot back.
             await hslots.slot_release(node_id=node.node_id, job_id=job.job_id)
             return None
+        except DependencyDown as exc:
+            # The move may have applied when Redis answers again: the job may be this node's,
+            # which never gets job_assign. Bring its check forward to the ack timeout, if Redis
+            # takes that (else the timer armed at its creation comes first).
+            with contextlib.suppress(DependencyDown):
+                await htimers.timer_arm(job_id=job.job_id, due_ms=now_ms() + ack_timeout_ms())
+            raise MaybePlaced(node.node_id) from exc
         frame = JobAssign(
             job_id=job.job_id,
             attempt=job.attempt,

@@ -17,7 +17,7 @@ from hotstate import codes as hcodes
 from hotstate import jobs as hjobs
 from hotstate import timers as htimers
 from hotstate.jobs import JobState, JobView
-from jobs.services.dispatch import ack_timeout_ms, job_dispatch, job_reject
+from jobs.services.dispatch import MaybePlaced, ack_timeout_ms, job_dispatch, job_reject
 from nodes.snapshot import snapshot_get
 from protocol import ErrorCode, JobSubmit, ServiceRef
 from sessions.delivery import outbox_expect, result_deliver_to
@@ -122,7 +122,10 @@ async def _place(fields: _Fields, *, job_id: str, duplicate: bool) -> Accepted:
         payload_json=fields.payload_json,
         timeout_ms=fields.timeout_ms,
     )
-    node_id = await _dispatch_first(job_id=job_id)
+    try:
+        node_id = await _dispatch_first(job_id=job_id)
+    except MaybePlaced as exc:
+        return await _maybe_placed(fields, job_id=job_id, node_id=exc.node_id, error=exc)
     if node_id is None:
         node_id = await _placed_elsewhere(
             tenant=fields.tenant, request_id=submit.request_id, job_id=job_id
@@ -135,6 +138,24 @@ async def _place(fields: _Fields, *, job_id: str, duplicate: bool) -> Accepted:
     await outbox_expect(session_id=fields.session_id, job_id=job_id, request_id=submit.request_id)
     logger.debug("job %s accepted for request %s on node %s", job_id, submit.request_id, node_id)
     return Accepted(job_id, submit.request_id, node_id, duplicate=duplicate)
+
+
+async def _maybe_placed(
+    fields: _Fields, *, job_id: str, node_id: str, error: MaybePlaced
+) -> Accepted:
+    """The move to DISPATCHED may have applied: a rejection now could be followed by the job's
+    result (it ran), so the session is told job_accepted, if its expectation can be recorded.
+
+    Either way the session then gets a result: the job's own if it was placed (its ack timer
+    fails it over to a node that answers), or, if it was not, the quiet failure of a job left
+    unplaced at its first check, which the session's sweep finds for its expectation.
+    """
+    submit = fields.submit
+    await outbox_expect(session_id=fields.session_id, job_id=job_id, request_id=submit.request_id)
+    logger.warning(
+        "job %s: accepted while its placement on %s is unknown: %s", job_id, node_id, error
+    )
+    return Accepted(job_id, submit.request_id, node_id)
 
 
 async def _placed_elsewhere(*, tenant: str, request_id: str, job_id: str) -> str | None:

@@ -27,6 +27,7 @@ from jobs import services as jobs
 from jobs.services import endings, submit
 from jobs.services.reports import MnaEdge
 from protocol import ErrorCode, JobSubmit, ServiceRef
+from sessions import delivery
 from tests.support.inprocess import (
     accepted_job,
     eventually,
@@ -306,3 +307,53 @@ async def test_a_job_assign_the_channel_layer_could_not_send_is_placed_elsewhere
     cancel = await skipped.receive_type("job_cancel")
     assert (cancel["job_id"], cancel["attempt"]) == (accepted.job_id, 1)
     assert (await job_state(accepted.job_id))[1] == 2
+
+
+def dispatch_unanswered(monkeypatch: pytest.MonkeyPatch, *, applied: bool) -> None:
+    """Redis fails the first move to DISPATCHED: after running it (``applied``) or before."""
+    original = hjobs.job_transition
+    failed: list[bool] = []
+
+    async def transition(**kwargs: Any) -> Any:
+        if kwargs["to"] is JobState.DISPATCHED and not failed:
+            failed.append(True)
+            if applied:
+                await original(**kwargs)
+            raise DependencyDown("job_transition: TimeoutError (injected)")
+        return await original(**kwargs)
+
+    monkeypatch.setattr(hjobs, "job_transition", transition)
+
+
+async def test_a_job_whose_dispatch_may_have_applied_is_accepted_and_runs(
+    monkeypatch: pytest.MonkeyPatch, settings: Any
+) -> None:
+    settings.ACK_TIMEOUT = 0.5
+    _, node = await online_node("gpu", max_jobs=2)
+    _, session = await online_session(await new_api_key("acme"))
+    dispatch_unanswered(monkeypatch, applied=True)
+    await session.send(submit_frame("r-1"))
+    accepted = await session.receive_type("job_accepted")
+    # The node never got attempt 1; its ack timer moves the job to attempt 2.
+    assign = await node.receive_type("job_assign", timeout=10)
+    assert (assign["job_id"], assign["attempt"]) == (accepted["job_id"], 2)
+    await node.send(reply(assign, "job_result", ok=True))
+    assert (await session.receive_type("job_result"))["ok"] is True
+
+
+async def test_a_job_whose_dispatch_did_not_apply_ends_with_a_result_for_its_session(
+    monkeypatch: pytest.MonkeyPatch, settings: Any
+) -> None:
+    settings.ACK_TIMEOUT = 0.5
+    settings.REDIS_SOCKET_TIMEOUT = 0.5
+    monkeypatch.setattr(delivery, "EXPECT_GRACE_S", 0.5)
+    monkeypatch.setattr(delivery, "EXPECT_RECHECK_S", 0.5)
+    await online_node("gpu")
+    _, session = await online_session(await new_api_key("acme"))
+    dispatch_unanswered(monkeypatch, applied=False)
+    await session.send(submit_frame("r-1"))
+    accepted = await session.receive_type("job_accepted")
+    result = await session.receive_type("job_result", timeout=15)
+    assert (result["job_id"], result["ok"]) == (accepted["job_id"], False)
+    assert result["error"]["code"] == "NO_AVAILABLE_NODE"
+    assert await session.nothing(1.5)
