@@ -22,6 +22,7 @@ from channels.exceptions import ChannelFull
 from redis.asyncio.cluster import RedisCluster
 
 from clusterlayer import keys
+from clusterlayer.cancel import raise_if_cancelled
 from clusterlayer.errors import UNAVAILABLE_ERRORS, ProcessGone
 from clusterlayer.groups import FanOut, Groups
 from clusterlayer.inbox import Inbox
@@ -45,10 +46,8 @@ def process_of(channel: str) -> str | None:
 async def stop_tasks(tasks: list[asyncio.Task[None]], *, within: float) -> None:
     """Cancel ``tasks`` and wait until they have ended, for at most ``within`` seconds.
 
-    One cancel() is not always enough: on Python 3.11, asyncio.wait_for (which redis-py uses to
-    send a command) drops a cancellation that arrives as the write completes (CPython
-    gh-86296), and the command goes on. So the tasks also check a closed flag, and the cancel
-    is repeated until they have ended.
+    Every loop of the layer ends on the first cancel even when redis-py drops it (``cancel``);
+    the cancel is still repeated until the tasks have ended, for code that is not the layer's.
     """
     deadline = time.monotonic() + within
     pending = {task for task in tasks if not task.done()}
@@ -170,6 +169,7 @@ class Process:
     async def _heartbeat(self) -> None:
         """Keep the alive key, inbox and full set alive; drop expired messages from mailboxes."""
         while not self.closed:
+            raise_if_cancelled()
             await asyncio.sleep(self.layer.heartbeat_interval)
             try:
                 pipe = self.client.pipeline()

@@ -16,11 +16,13 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
+from clusterlayer.cancel import raise_if_cancelled
 from clusterlayer.errors import RETRY_MAX, RETRY_MIN, UNAVAILABLE_ERRORS
 
 logger = logging.getLogger(__name__)
@@ -51,6 +53,15 @@ def _stream_lost(exc: ResponseError) -> bool:
     """The stream or its group is gone (flushed, expired): the reader recreates the group."""
     text = str(exc)
     return text.startswith("NOGROUP") or "no longer exists" in text
+
+
+@dataclass
+class ReadState:
+    """Where one ``consume`` loop stands between two turns."""
+
+    recovering: bool = True  # read this consumer's pending entries before new ones
+    backoff: float = RETRY_MIN
+    done: list[bytes] = field(default_factory=list)  # handed over, not yet acknowledged
 
 
 class StreamReader:
@@ -90,80 +101,101 @@ class StreamReader:
         4. A lost stream (flushed, or expired while the heartbeat could not reach Redis) gets its
            group back, with ``ttl_ms`` if it must be created; an unreachable cluster is retried
            with backoff.
+        5. Each turn first checks for a cancel that redis-py swallowed (``cancel``), so the loop
+           ends on the first one; acknowledgements owed are paid on the way out.
         """
-        recovering = True
-        backoff = RETRY_MIN
-        done: list[bytes] = []  # handed over, not yet acknowledged
-        while wanted() and not self.closed():
+        state = ReadState()
+        try:
+            while wanted() and not self.closed():
+                raise_if_cancelled()
+                if not await self._turn(key, deliver, wanted, ttl_ms, state):
+                    break
+        finally:
+            if state.done:
+                # Stopped with acknowledgements owed: pay them now. If this fails, the entries
+                # stay pending and the next reader under this consumer name acknowledges them.
+                with contextlib.suppress(
+                    *UNAVAILABLE_ERRORS, ResponseError, asyncio.CancelledError
+                ):
+                    await self._acknowledge(key, state.done)
+
+    async def _turn(
+        self,
+        key: str,
+        deliver: Deliver,
+        wanted: Callable[[], bool],
+        ttl_ms: int,
+        state: ReadState,
+    ) -> bool:
+        """One read and hand-over, or one recovery from an error; False: stop reading."""
+        try:
+            read = await self._read(key, state)
+            if state.recovering and not read:
+                state.recovering = False
+                return True
+            state.done = self.hand_over(key, read, deliver)
+            state.backoff = RETRY_MIN
+        except ResponseError as exc:
+            if not _stream_lost(exc):
+                logger.exception("consumer %s: reading %s failed", self.consumer, key)
+                await asyncio.sleep(RETRY_MAX)
+                state.recovering = True
+                return True
+            state.done = []
+            self.unacked.pop(key, None)
+            if not wanted() or self.closed():
+                return False  # nobody waits any more: do not bring a flushed stream back
             try:
-                response: Any
-                if recovering:
-                    if done:
-                        await self._acknowledge(key, done)
-                        done = []
-                    response = await self.client.xreadgroup(
-                        GROUP, self.consumer, {key: "0"}, count=self.read_count
-                    )
-                else:
-                    pipe = self.client.pipeline()
-                    if done:
-                        pipe.xack(key, GROUP, *done)
-                        pipe.xdel(key, *done)
-                    pipe.xreadgroup(
-                        GROUP, self.consumer, {key: ">"}, count=self.read_count, block=self.block_ms
-                    )
-                    *acks, response = await pipe.execute(raise_on_error=False)
-                    for result in (*acks, response):
-                        if isinstance(result, Exception):
-                            raise result
-                    self.unacked[key].difference_update(done)
-                    done = []
-                read = entries(response)
-                if recovering and not read:
-                    recovering = False
-                    continue
-                done = self.hand_over(key, read, deliver)
-                backoff = RETRY_MIN
-            except ResponseError as exc:
-                if not _stream_lost(exc):
-                    logger.exception("process %s: reading %s failed", self.consumer, key)
-                    await asyncio.sleep(RETRY_MAX)
-                    recovering = True
-                    continue
-                done = []
-                self.unacked.pop(key, None)
-                if not wanted() or self.closed():
-                    break  # nobody waits any more: do not bring a flushed stream back
-                try:
-                    await self._create_group(key, ttl_ms)
-                except UNAVAILABLE_ERRORS:
-                    await asyncio.sleep(backoff)
-                recovering = False
-            except UNAVAILABLE_ERRORS as exc:
-                logger.warning(
-                    "process %s: reading %s failed (%s); retrying in %.2f s",
-                    self.consumer,
-                    key,
-                    exc,
-                    backoff,
-                )
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, RETRY_MAX)
-                recovering = True
-            except Exception:
-                # A reader that dies silently would stop all delivery to this process; an
-                # entry that cannot be handed over is in ``unacked`` and is only acknowledged
-                # on the next pass.
-                logger.exception(
-                    "process %s: handing over entries of %s failed", self.consumer, key
-                )
-                await asyncio.sleep(RETRY_MIN)
-                recovering = True
-        if done and not self.closed():
-            # A fetcher that stops with acknowledgements owed pays them now; if this fails the
-            # entries stay pending and the next fetcher's recovery acknowledges them.
-            with contextlib.suppress(*UNAVAILABLE_ERRORS, ResponseError):
-                await self._acknowledge(key, done)
+                await self._create_group(key, ttl_ms)
+            except UNAVAILABLE_ERRORS:
+                await asyncio.sleep(state.backoff)
+            state.recovering = False
+        except UNAVAILABLE_ERRORS as exc:
+            logger.warning(
+                "consumer %s: reading %s failed (%s); retrying in %.2f s",
+                self.consumer,
+                key,
+                exc,
+                state.backoff,
+            )
+            await asyncio.sleep(state.backoff)
+            state.backoff = min(state.backoff * 2, RETRY_MAX)
+            state.recovering = True
+        except Exception:
+            # A reader that dies silently would stop all delivery to this process; an entry
+            # that cannot be handed over is in ``unacked`` and is only acknowledged on the next
+            # pass.
+            logger.exception("consumer %s: handing over entries of %s failed", self.consumer, key)
+            await asyncio.sleep(RETRY_MIN)
+            state.recovering = True
+        return True
+
+    async def _read(self, key: str, state: ReadState) -> list[Entry]:
+        """This consumer's pending entries when recovering, else a blocking read of new ones
+        pipelined after the acknowledgement of the previous batch."""
+        response: Any
+        if state.recovering:
+            if state.done:
+                await self._acknowledge(key, state.done)
+                state.done = []
+            response = await self.client.xreadgroup(
+                GROUP, self.consumer, {key: "0"}, count=self.read_count
+            )
+            return entries(response)
+        pipe = self.client.pipeline()
+        if state.done:
+            pipe.xack(key, GROUP, *state.done)
+            pipe.xdel(key, *state.done)
+        pipe.xreadgroup(
+            GROUP, self.consumer, {key: ">"}, count=self.read_count, block=self.block_ms
+        )
+        *acks, response = await pipe.execute(raise_on_error=False)
+        for result in (*acks, response):
+            if isinstance(result, Exception):
+                raise result
+        self.unacked[key].difference_update(state.done)
+        state.done = []
+        return entries(response)
 
     def hand_over(self, key: str, read: list[Entry], deliver: Deliver) -> list[bytes]:
         """``deliver`` the entries of a read that are due, and return every id to acknowledge.

@@ -1,0 +1,171 @@
+"""Shutdown without ``close()``: ``asyncio.run`` returns, every background loop ends on the first
+cancel (even one that redis-py swallows), and the per-loop clients go with their loop."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from redis.asyncio.cluster import ClusterPipeline, RedisCluster
+
+from clusterlayer.tests.conftest import LayerFactory
+from clusterlayer.tests.test_contract import receive_within
+from clusterlayer.tests.test_layer import eventually
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+async def run_child(code: str, *, within: float) -> str:
+    """Run ``code`` in a fresh interpreter; fail (and kill it) if it has not exited in time."""
+    child = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        code,
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        async with asyncio.timeout(within):
+            output, _ = await child.communicate()
+    except TimeoutError:
+        child.kill()
+        output, _ = await child.communicate()
+        pytest.fail(f"the child did not exit within {within} s:\n{output.decode()[-3000:]}")
+    assert child.returncode == 0, output.decode()[-3000:]
+    return output.decode()
+
+
+async def test_asyncio_run_returns_without_close(
+    redis_cluster_url: str, redis: RedisCluster
+) -> None:
+    """The receiver never calls close(): asyncio.run must still return, round after round (a
+    single round hung most of the time before the fix, so five make it certain)."""
+    prefix = f"cl-{secrets.token_hex(5)}"
+    code = f"""
+import asyncio, time
+from clusterlayer import ClusterChannelLayer
+
+async def main():
+    receiver = ClusterChannelLayer(url={redis_cluster_url!r}, prefix={prefix!r})
+    sender = ClusterChannelLayer(url={redis_cluster_url!r}, prefix={prefix!r})
+    channel = await receiver.new_channel()
+    await sender.send(channel, {{"type": "hello"}})
+    assert await receiver.receive(channel) == {{"type": "hello"}}
+
+for _ in range(5):
+    started = time.monotonic()
+    asyncio.run(main())
+    print(f"returned in {{time.monotonic() - started:.2f}} s", flush=True)
+"""
+    try:
+        output = await run_child(code, within=20)
+        assert output.count("returned in") == 5
+    finally:
+        doomed = [key async for key in redis.scan_iter(match=f"{prefix}:*")]
+        if doomed:
+            for key in doomed:
+                await redis.delete(key)
+
+
+class SwallowedCancels:
+    """Commands of the layer's background tasks that finish even when cancelled, as redis-py's
+    ``asyncio.wait_for`` does when the cancel arrives as the write completes (CPython gh-86296).
+
+    Each command of a task named ``clusterlayer-*`` first waits a moment (where the test's cancel
+    lands, and is dropped), then runs. ``inside`` holds the tasks waiting there.
+    """
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.inside: set[asyncio.Task[Any]] = set()
+        execute = ClusterPipeline.execute
+        execute_command = RedisCluster.execute_command
+
+        async def pipeline_execute(pipe: ClusterPipeline, *args: Any, **kwargs: Any) -> Any:
+            await self._swallow()
+            return await execute(pipe, *args, **kwargs)
+
+        async def command(client: RedisCluster, *args: Any, **kwargs: Any) -> Any:
+            await self._swallow()
+            return await execute_command(client, *args, **kwargs)
+
+        monkeypatch.setattr(ClusterPipeline, "execute", pipeline_execute)
+        monkeypatch.setattr(RedisCluster, "execute_command", command)
+
+    async def _swallow(self) -> None:
+        task = asyncio.current_task()
+        if task is None or not task.get_name().startswith("clusterlayer-"):
+            return
+        self.inside.add(task)
+        try:
+            await asyncio.sleep(0.2)
+        except asyncio.CancelledError:
+            pass  # dropped, and the command goes on
+        finally:
+            self.inside.discard(task)
+
+    async def cancel_once_inside(self, task: asyncio.Task[Any]) -> None:
+        """Wait until ``task`` is in a command, and cancel it there, once."""
+
+        async def in_a_command() -> bool:
+            return task in self.inside
+
+        await eventually(in_a_command, seconds=5.0)
+        task.cancel()
+
+
+@pytest.fixture
+def swallowed(monkeypatch: pytest.MonkeyPatch) -> Iterator[SwallowedCancels]:
+    yield SwallowedCancels(monkeypatch)
+
+
+async def task_named(start: str) -> asyncio.Task[Any]:
+    """The one running task whose name starts with ``start``, once it exists."""
+
+    def named() -> list[asyncio.Task[Any]]:
+        return [t for t in asyncio.all_tasks() if t.get_name().startswith(start)]
+
+    async def started() -> bool:
+        return len(named()) == 1
+
+    await eventually(started)
+    return named()[0]
+
+
+async def assert_ends(task: asyncio.Task[Any], within: float) -> None:
+    done, _ = await asyncio.wait({task}, timeout=within)
+    assert task in done, f"{task.get_name()} went on after its cancel"
+    assert task.cancelled(), f"{task.get_name()} ended without being cancelled: {task!r}"
+
+
+@pytest.mark.parametrize("loop", ["reader", "heartbeat", "fetch"])
+async def test_a_background_loop_ends_on_the_first_cancel_even_if_swallowed(
+    cluster_layer_factory: LayerFactory, swallowed: SwallowedCancels, loop: str
+) -> None:
+    layer = cluster_layer_factory(block_timeout=0.5, process_ttl=1.0, heartbeat_interval=0.05)
+    await layer.new_channel()
+    receiving = asyncio.create_task(layer.receive("test.normal"))
+    try:
+        task = await task_named(f"clusterlayer-{loop}-")
+        await swallowed.cancel_once_inside(task)
+        # The command the cancel could not stop still runs (a blocking read: block_timeout).
+        await assert_ends(task, within=2.0)
+    finally:
+        receiving.cancel()
+
+
+async def test_the_full_marks_publisher_ends_on_the_first_cancel_even_if_swallowed(
+    cluster_layer_factory: LayerFactory, swallowed: SwallowedCancels
+) -> None:
+    layer = cluster_layer_factory(capacity=1)
+    channel = await layer.new_channel()
+    task = await task_named("clusterlayer-marks-")
+    await layer.send(channel, {"type": "fills it"})  # marked full: the publisher writes
+    await swallowed.cancel_once_inside(task)
+    await assert_ends(task, within=2.0)
+    assert await receive_within(layer, channel) == {"type": "fills it"}
