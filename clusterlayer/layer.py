@@ -32,6 +32,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from clusterlayer.loops import on_close
 from clusterlayer.process import Process, process_of
 
 PREFIX_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -186,14 +187,25 @@ class ClusterChannelLayer(BaseChannelLayer):  # type: ignore[misc]
             raise TypeError(f"a message is a dict, not {type(message).__name__}")
 
     def _process(self) -> Process:
-        """This event loop's incarnation of the layer (redis-py connections are per loop)."""
+        """This event loop's incarnation of the layer (redis-py connections are per loop).
+
+        It is closed, with its client, when its loop closes (``loops``), so that every
+        ``async_to_sync`` call from sync code does not leave a client behind.
+        """
         loop = asyncio.get_running_loop()
         process = self._processes.get(loop)
         if process is None:
+            # Loops that closed without the hook (one that cannot be wrapped) are only dropped.
             for stale in [other for other in self._processes if other.is_closed()]:
                 del self._processes[stale]
             process = self._processes[loop] = Process(self, loop)
+            on_close(loop, lambda: self._close_loop(loop))
         return process
+
+    async def _close_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        process = self._processes.pop(loop, None)
+        if process is not None:
+            await process.close()
 
     def build_client(self) -> RedisCluster:
         """A cluster client with bounded timeouts and no automatic retry of commands.

@@ -11,11 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from asgiref.sync import async_to_sync
 from redis.asyncio.cluster import ClusterPipeline, RedisCluster
 
+from clusterlayer import ClusterChannelLayer
 from clusterlayer.tests.conftest import LayerFactory
 from clusterlayer.tests.test_contract import receive_within
 from clusterlayer.tests.test_layer import eventually
+from tests.support.connections import connections_to
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -67,10 +70,11 @@ for _ in range(5):
         output = await run_child(code, within=20)
         assert output.count("returned in") == 5
     finally:
-        doomed = [key async for key in redis.scan_iter(match=f"{prefix}:*")]
-        if doomed:
-            for key in doomed:
-                await redis.delete(key)
+        left = [key async for key in redis.scan_iter(match=f"{prefix}:*")]
+        for key in left:
+            await redis.delete(key)
+    # Each process unregistered when its loop closed (senders learn at once that it is gone).
+    assert left == []
 
 
 class SwallowedCancels:
@@ -169,3 +173,18 @@ async def test_the_full_marks_publisher_ends_on_the_first_cancel_even_if_swallow
     await swallowed.cancel_once_inside(task)
     await assert_ends(task, within=2.0)
     assert await receive_within(layer, channel) == {"type": "fills it"}
+
+
+def test_async_to_sync_calls_leave_no_client_behind(redis_cluster_url: str) -> None:
+    """Each async_to_sync call runs on a loop of its own, which gets a process of the layer
+    (and a client); the process must go when its loop closes, as channels_redis's does."""
+    layer = ClusterChannelLayer(url=redis_cluster_url, prefix=f"cl-{secrets.token_hex(5)}")
+    async_to_sync(layer.group_add)("test.group", "test.member")
+    before = connections_to(redis_cluster_url)
+    for i in range(20):
+        async_to_sync(layer.group_send)("test.group", {"type": "t", "i": i})
+        async_to_sync(layer.send)("test.member", {"type": "t", "i": i})
+    after = connections_to(redis_cluster_url)
+    async_to_sync(layer.flush)()
+    assert after <= before, f"{after - before} connections left open by 40 calls"
+    assert len(layer._processes) == 0
