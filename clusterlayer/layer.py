@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import re
 import secrets
+from collections import deque
 from typing import Any
 
 from channels.layers import BaseChannelLayer
@@ -103,6 +104,8 @@ class ClusterChannelLayer(BaseChannelLayer):  # type: ignore[misc]
             symmetric_encryption_keys=symmetric_encryption_keys,
         )
         self._processes: dict[asyncio.AbstractEventLoop, Process] = {}
+        # Ids of this layer's processes whose loop closed (recent ones), for receive's error.
+        self._closed_ids: deque[str] = deque(maxlen=1000)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(url={self.url!r}, prefix={self.prefix!r})"
@@ -126,10 +129,7 @@ class ClusterChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         elif process.owns(owner):
             payload = await process.local.receive(channel)
         else:
-            raise ValueError(
-                f"{channel!r} is not a channel of this process: only the layer instance and "
-                f"event loop whose new_channel() made a process-local channel can receive on it"
-            )
+            raise ValueError(self._foreign_channel(channel, owner))
         return self.deserialize(payload)
 
     async def new_channel(self, prefix: str = "specific") -> str:
@@ -143,10 +143,11 @@ class ClusterChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         await self._process().flush()
 
     async def close(self) -> None:
-        """Stop this event loop's reader and heartbeat, unregister, and close the client."""
-        process = self._processes.pop(asyncio.get_running_loop(), None)
-        if process is not None:
-            await process.close()
+        """Stop this event loop's reader and heartbeat, unregister, and close the client.
+
+        Also done by itself when the loop closes.
+        """
+        await self._close_loop(asyncio.get_running_loop())
 
     # --- Groups extension -------------------------------------------------------------------
 
@@ -205,7 +206,29 @@ class ClusterChannelLayer(BaseChannelLayer):  # type: ignore[misc]
     async def _close_loop(self, loop: asyncio.AbstractEventLoop) -> None:
         process = self._processes.pop(loop, None)
         if process is not None:
+            self._closed_ids.append(process.id)
             await process.close()
+
+    def _foreign_channel(self, channel: str, owner: str) -> str:
+        """Why ``receive`` refuses a process-local channel of another process (the error).
+
+        A process-local channel lives in the mailboxes of the event loop whose ``new_channel``
+        made it (docs/channel-layer.md, "Event loops"): other loops of this layer, even in the
+        same OS process, cannot receive on it.
+        """
+        rule = (
+            "a process-local channel can only be received on the event loop (and layer "
+            "instance) whose new_channel() made it; use a normal channel (no '!') to share "
+            "messages between loops"
+        )
+        if any(process.id == owner for process in self._processes.values()):
+            return f"{channel!r} belongs to another event loop of this layer: {rule}"
+        if owner in self._closed_ids:
+            return (
+                f"{channel!r} was made on an event loop of this layer that has closed (as each "
+                f"async_to_sync call's loop does), and went with it: {rule}"
+            )
+        return f"{channel!r} is not a channel of this process: {rule}"
 
     def build_client(self) -> RedisCluster:
         """A cluster client with bounded timeouts and no automatic retry of commands.

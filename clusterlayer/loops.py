@@ -42,7 +42,7 @@ def _wrap_close(loop: asyncio.AbstractEventLoop, hooks: list[Hook]) -> None:
 
     def close() -> None:
         # A running loop refuses to close (the original raises): keep the hooks for later.
-        if not loop.is_running() and not loop.is_closed():
+        if _can_run(loop):
             while hooks:
                 hook = hooks.pop(0)
                 try:
@@ -52,3 +52,15 @@ def _wrap_close(loop: asyncio.AbstractEventLoop, hooks: list[Hook]) -> None:
         original()
 
     setattr(loop, "close", close)  # noqa: B010 (mypy forbids assigning to a method)
+
+
+def _can_run(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether ``loop`` can run a coroutine to completion here: it is neither running nor
+    closed, and no other loop runs in this thread (closing one loop from inside another)."""
+    if loop.is_running() or loop.is_closed():
+        return False
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return True
+    return False

@@ -66,8 +66,9 @@ def _close_with(loop: asyncio.AbstractEventLoop) -> None:
     original = loop.close
 
     def close() -> None:
-        # A running loop refuses to close (the original raises); a closed one has nothing left.
-        if not loop.is_running() and not loop.is_closed():
+        # A running loop refuses to close (the original raises); a closed one has nothing left;
+        # and a loop closed from inside another one cannot run the close.
+        if not loop.is_running() and not loop.is_closed() and not _in_a_loop():
             try:
                 loop.run_until_complete(close_client())
             except (Exception, asyncio.CancelledError):
@@ -75,3 +76,11 @@ def _close_with(loop: asyncio.AbstractEventLoop) -> None:
         original()
 
     setattr(loop, "close", close)  # noqa: B010 (mypy forbids assigning to a method)
+
+
+def _in_a_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True

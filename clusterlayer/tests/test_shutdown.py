@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ import pytest
 from asgiref.sync import async_to_sync
 from redis.asyncio.cluster import ClusterPipeline, RedisCluster
 
-from clusterlayer import ClusterChannelLayer
+from clusterlayer import ClusterChannelLayer, ProcessGone
 from clusterlayer.tests.conftest import LayerFactory
 from clusterlayer.tests.test_contract import receive_within
 from clusterlayer.tests.test_layer import eventually
@@ -188,3 +189,36 @@ def test_async_to_sync_calls_leave_no_client_behind(redis_cluster_url: str) -> N
     async_to_sync(layer.flush)()
     assert after <= before, f"{after - before} connections left open by 40 calls"
     assert len(layer._processes) == 0
+
+
+def test_a_channel_of_a_closed_loop_is_refused_with_the_reason(redis_cluster_url: str) -> None:
+    layer = ClusterChannelLayer(url=redis_cluster_url, prefix=f"cl-{secrets.token_hex(5)}")
+    channel = async_to_sync(layer.new_channel)()
+    with pytest.raises(ValueError, match="event loop of this layer that has closed"):
+        async_to_sync(layer.receive)(channel)
+    with pytest.raises(ProcessGone):  # unregistered when its loop closed
+        async_to_sync(layer.send)(channel, {"type": "t"})
+
+
+async def test_a_channel_of_another_running_loop_is_refused_with_the_reason(
+    cluster_layer_factory: LayerFactory,
+) -> None:
+    """One layer used from two loops at once (here a thread's): each loop's channels are its
+    own; the other loop can send to them, not receive on them."""
+    layer = cluster_layer_factory()
+    other_loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=other_loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        made = asyncio.run_coroutine_threadsafe(layer.new_channel(), other_loop)
+        channel = await asyncio.wrap_future(made)
+        with pytest.raises(ValueError, match="belongs to another event loop of this layer"):
+            await layer.receive(channel)
+        await layer.send(channel, {"type": "across loops"})
+        received = asyncio.run_coroutine_threadsafe(receive_within(layer, channel), other_loop)
+        assert await asyncio.wrap_future(received) == {"type": "across loops"}
+    finally:
+        asyncio.run_coroutine_threadsafe(layer.close(), other_loop).result(10)
+        other_loop.call_soon_threadsafe(other_loop.stop)
+        thread.join(10)
+        other_loop.close()
