@@ -22,8 +22,11 @@ pays one round trip per batch rather than per message.
 from __future__ import annotations
 
 import asyncio
+import itertools
+import os
 import re
 import secrets
+import socket
 from collections import deque
 from typing import Any
 
@@ -49,7 +52,12 @@ class ClusterChannelLayer(BaseChannelLayer):  # type: ignore[misc]
     capacities). ``inbox_capacity``: most undelivered messages in one process's inbox.
     ``process_ttl`` / ``heartbeat_interval``: how long a silent process counts as alive, and how
     often it says it is. ``block_timeout``: seconds one XREADGROUP waits (must stay below
-    ``socket_timeout``). ``read_count``: most entries per read.
+    ``socket_timeout``). ``read_count``: most entries per read. ``consumer_name``: this
+    process's name in the consumer groups, stable across restarts if the deployment has one
+    (default ``<hostname>-<pid>``); unique among running processes. ``claim_idle``: seconds a
+    normal channel's entry may stay unacknowledged before another process takes it over
+    (default ``process_ttl``). ``max_deliveries``: deliveries after which such an entry is
+    dropped as a dead letter.
     """
 
     extensions = ["groups", "flush"]
@@ -68,6 +76,9 @@ class ClusterChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         heartbeat_interval: float | None = None,
         block_timeout: float = 2.0,
         read_count: int = 500,
+        consumer_name: str | None = None,
+        claim_idle: float | None = None,
+        max_deliveries: int = 3,
         socket_timeout: float = 5.0,
         socket_connect_timeout: float = 1.0,
         serializer_format: str = "msgpack",
@@ -85,6 +96,9 @@ class ClusterChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         if not 0 < block_timeout < socket_timeout:
             # A blocking read longer than the socket timeout would end in a TimeoutError.
             raise ValueError("block_timeout must be positive and below socket_timeout")
+        claim_idle = process_ttl if claim_idle is None else claim_idle
+        if claim_idle <= 0 or max_deliveries < 1:
+            raise ValueError("claim_idle and max_deliveries must be positive")
         self.url = url
         self.prefix = prefix
         self.group_expiry = group_expiry
@@ -94,6 +108,9 @@ class ClusterChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         self.heartbeat_interval = heartbeat_interval
         self.block_timeout = block_timeout
         self.read_count = read_count
+        self.consumer_name = consumer_name or f"{socket.gethostname()}-{os.getpid()}"
+        self.claim_idle = claim_idle
+        self.max_deliveries = max_deliveries
         self.socket_timeout = socket_timeout
         self.socket_connect_timeout = socket_connect_timeout
         self.client_options = dict(client_options or {})
@@ -199,7 +216,9 @@ class ClusterChannelLayer(BaseChannelLayer):  # type: ignore[misc]
             # Loops that closed without the hook (one that cannot be wrapped) are only dropped.
             for stale in [other for other in self._processes if other.is_closed()]:
                 del self._processes[stale]
-            process = self._processes[loop] = Process(self, loop)
+            slots = {other.slot for other in self._processes.values()}
+            slot = next(n for n in itertools.count() if n not in slots)
+            process = self._processes[loop] = Process(self, loop, slot)
             on_close(loop, lambda: self._close_loop(loop))
         return process
 

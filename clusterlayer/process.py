@@ -30,7 +30,7 @@ from clusterlayer.local import LocalChannels
 from clusterlayer.normal import NormalChannels
 from clusterlayer.outbox import Outboxes
 from clusterlayer.scripts import Delivery
-from clusterlayer.streams import GROUP, StreamReader
+from clusterlayer.streams import GROUP, ClaimPolicy, StreamReader
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +71,9 @@ class LayerConfig(Protocol):
     block_timeout: float
     read_count: int
     socket_timeout: float
+    consumer_name: str
+    claim_idle: float
+    max_deliveries: int
 
     def build_client(self) -> RedisCluster: ...
 
@@ -80,10 +83,15 @@ class LayerConfig(Protocol):
 class Process:
     """The layer as seen by one event loop: its id, client, keys, tasks and collaborators."""
 
-    def __init__(self, layer: LayerConfig, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, layer: LayerConfig, loop: asyncio.AbstractEventLoop, slot: int) -> None:
         self.layer = layer
         self.loop = loop
         self.id = secrets.token_hex(8)
+        # The consumer name of its reads: stable for as long as the deployment keeps
+        # ``consumer_name`` (a restarted process at once takes back what it left pending), and
+        # unique among the layer's live loops (``slot``: the lowest free index).
+        self.slot = slot
+        self.consumer = f"{layer.consumer_name}.{slot}"
         self.client = layer.build_client()
         self.registered = False
         self.closed = False
@@ -97,10 +105,13 @@ class Process:
         self.tasks: list[asyncio.Task[None]] = []
         self.reader = StreamReader(
             self.client,
-            consumer=self.id,
+            consumer=self.consumer,
             read_count=layer.read_count,
             block_ms=int(layer.block_timeout * 1000),
             expiry=layer.expiry,
+            claim=ClaimPolicy(
+                idle_ms=int(layer.claim_idle * 1000), max_deliveries=layer.max_deliveries
+            ),
             closed=self.is_closed,
         )
         self.local = LocalChannels(

@@ -3,9 +3,10 @@ and the normal-channel fetchers.
 
 Owns the consumer group's name, the read loop and its recovery after errors, the ids handed
 over but not yet acknowledged (per stream, kept from one reader of a stream to the next), the
-acknowledgement (XACK + XDEL) and the recreation of a stream whose group was lost. It skips
-expired entries and entries already handed over; what becomes of the others is the caller's
-``deliver``.
+acknowledgement (XACK + XDEL), the recreation of a stream whose group was lost, and the claim
+of entries that dead consumers of a shared stream left pending (XAUTOCLAIM, with a dead-letter
+count). It skips expired entries and entries already handed over; what becomes of the others is
+the caller's ``deliver``.
 """
 
 from __future__ import annotations
@@ -24,11 +25,14 @@ from redis.exceptions import ResponseError
 
 from clusterlayer.cancel import raise_if_cancelled
 from clusterlayer.errors import RETRY_MAX, RETRY_MIN, UNAVAILABLE_ERRORS
+from clusterlayer.scripts import claim_pending
 
 logger = logging.getLogger(__name__)
 
-# The consumer group on every stream; the consumer name is the reading process's id.
+# The consumer group on every stream; the consumer name is the reading process's (``Process``).
 GROUP = "clusterlayer"
+# How long a channel's dead-letter count lives after its last increase.
+DEAD_LETTER_TTL_MS = 86_400_000
 
 Entry = tuple[bytes, dict[bytes, bytes]]
 # An entry to deliver: the time its message expires, and its fields.
@@ -55,17 +59,29 @@ def _stream_lost(exc: ResponseError) -> bool:
     return text.startswith("NOGROUP") or "no longer exists" in text
 
 
+@dataclass(frozen=True)
+class ClaimPolicy:
+    """When the entries another consumer left pending are taken over, and when given up."""
+
+    idle_ms: int  # pending this long: its consumer counts as dead
+    max_deliveries: int  # delivered more often than this: dropped and counted as a dead letter
+
+
 @dataclass
 class ReadState:
     """Where one ``consume`` loop stands between two turns."""
 
+    # The stream's dead-letter counter; None: nobody else reads the stream, nothing to claim.
+    dead_letters: str | None = None
     recovering: bool = True  # read this consumer's pending entries before new ones
     backoff: float = RETRY_MIN
     done: list[bytes] = field(default_factory=list)  # handed over, not yet acknowledged
+    claim_at: float = 0.0  # time.monotonic() of the next claim of others' pending entries
 
 
 class StreamReader:
-    """One process's consumer (named by its id) on every stream the process reads."""
+    """One process's consumer on every stream the process reads (its inbox, the normal
+    channels it receives on)."""
 
     def __init__(
         self,
@@ -75,9 +91,11 @@ class StreamReader:
         read_count: int,
         block_ms: int,
         expiry: float,
+        claim: ClaimPolicy,
         closed: Callable[[], bool],
     ) -> None:
         self.client = client
+        self.claim = claim
         self.consumer = consumer
         self.read_count = read_count
         self.block_ms = block_ms
@@ -88,7 +106,13 @@ class StreamReader:
         self.unacked: defaultdict[str, set[bytes]] = defaultdict(set)
 
     async def consume(
-        self, key: str, deliver: Deliver, wanted: Callable[[], bool], ttl_ms: int
+        self,
+        key: str,
+        deliver: Deliver,
+        wanted: Callable[[], bool],
+        ttl_ms: int,
+        *,
+        dead_letters: str | None = None,
     ) -> None:
         """Read ``key`` and ``deliver`` its entries while ``wanted()`` and not closed.
 
@@ -101,10 +125,13 @@ class StreamReader:
         4. A lost stream (flushed, or expired while the heartbeat could not reach Redis) gets its
            group back, with ``ttl_ms`` if it must be created; an unreachable cluster is retried
            with backoff.
-        5. Each turn first checks for a cancel that redis-py swallowed (``cancel``), so the loop
+        5. A stream that other processes read too (``dead_letters`` given: a normal channel)
+           is also claimed from, at the start and then every half ``claim.idle_ms``
+           (``_claim``): what a dead consumer left pending is delivered here.
+        6. Each turn first checks for a cancel that redis-py swallowed (``cancel``), so the loop
            ends on the first one; acknowledgements owed are paid on the way out.
         """
-        state = ReadState()
+        state = ReadState(dead_letters=dead_letters)
         try:
             while wanted() and not self.closed():
                 raise_if_cancelled()
@@ -182,6 +209,8 @@ class StreamReader:
                 GROUP, self.consumer, {key: "0"}, count=self.read_count
             )
             return entries(response)
+        if state.dead_letters is not None and time.monotonic() >= state.claim_at:
+            return await self._claim(key, state.dead_letters, state)
         pipe = self.client.pipeline()
         if state.done:
             pipe.xack(key, GROUP, *state.done)
@@ -196,6 +225,39 @@ class StreamReader:
         self.unacked[key].difference_update(state.done)
         state.done = []
         return entries(response)
+
+    async def _claim(self, key: str, dead_letters: str, state: ReadState) -> list[Entry]:
+        """Take over the entries of ``key`` pending longer than ``claim.idle_ms`` for other
+        consumers (they died between reading and acknowledging), to deliver them here.
+
+        Entries delivered more than ``claim.max_deliveries`` times are dropped instead and
+        counted in ``dead_letters``: a message that keeps killing its readers stops there.
+        Consumers idle that long with nothing pending are forgotten by the group.
+        """
+        if state.done:
+            await self._acknowledge(key, state.done)
+            state.done = []
+        state.claim_at = time.monotonic() + self.claim.idle_ms / 2000
+        claimed = await claim_pending(
+            self.client,
+            stream=key,
+            dead_letters=dead_letters,
+            group=GROUP,
+            consumer=self.consumer,
+            min_idle_ms=self.claim.idle_ms,
+            count=self.read_count,
+            max_deliveries=self.claim.max_deliveries,
+            ttl_ms=DEAD_LETTER_TTL_MS,
+        )
+        if claimed.dead:
+            logger.warning(
+                "consumer %s: dropped %d entries of %s delivered more than %d times",
+                self.consumer,
+                claimed.dead,
+                key,
+                self.claim.max_deliveries,
+            )
+        return claimed.entries
 
     def hand_over(self, key: str, read: list[Entry], deliver: Deliver) -> list[bytes]:
         """``deliver`` the entries of a read that are due, and return every id to acknowledge.

@@ -256,7 +256,7 @@ async def test_a_restarted_reader_delivers_pending_entries_exactly_once(
     await stop_tasks(process.tasks[:1], within=3.0)
     await sender.send(channel, {"type": "t", "i": 1})
     await sender.send(channel, {"type": "t", "i": 2})
-    response = await process.client.xreadgroup(GROUP, process.id, {process.inbox_key: ">"})
+    response = await process.client.xreadgroup(GROUP, process.consumer, {process.inbox_key: ">"})
     entries = streams.entries(response)
     assert len(entries) == 2
     process.reader.hand_over(process.inbox_key, entries[:1], process.inbox.deliver)
