@@ -139,8 +139,9 @@ class StreamReader:
                     break
         finally:
             if state.done:
-                # Stopped with acknowledgements owed: pay them now. If this fails, the entries
-                # stay pending and the next reader under this consumer name acknowledges them.
+                # Stopped with acknowledgements owed: pay them now, or a claim would deliver
+                # them again. If this fails they stay pending: this process's next reader of the
+                # stream only acknowledges them (``unacked``); anyone else delivers them again.
                 with contextlib.suppress(
                     *UNAVAILABLE_ERRORS, ResponseError, asyncio.CancelledError
                 ):
