@@ -43,9 +43,7 @@ class NormalChannels:
         mailbox.receivers += 1
         try:
             if channel not in self.fetchers:
-                self.fetchers[channel] = self.loop.create_task(
-                    self._fetch(channel), name=f"clusterlayer-fetch-{channel}"
-                )
+                self._start_fetcher(channel)
             return await mailbox.get()
         finally:
             mailbox.receivers -= 1
@@ -90,6 +88,15 @@ class NormalChannels:
         finally:
             if self.fetchers.get(channel) is asyncio.current_task():
                 del self.fetchers[channel]
+        # A receive that came while this fetcher was stopping (paying its last acknowledgement)
+        # found it still registered, and waits on it: a new fetcher serves it.
+        if wanted() and not self.reader.closed() and channel not in self.fetchers:
+            self._start_fetcher(channel)
+
+    def _start_fetcher(self, channel: str) -> None:
+        self.fetchers[channel] = self.loop.create_task(
+            self._fetch(channel), name=f"clusterlayer-fetch-{channel}"
+        )
 
     def _mailbox(self, channel: str) -> Mailbox:
         mailbox = self.mailboxes.get(channel)

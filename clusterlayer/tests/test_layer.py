@@ -359,3 +359,14 @@ def test_the_layer_package_knows_nothing_of_the_scheduler() -> None:
         text = path.read_text()
         for name in ("hotstate", "nodes", "jobs", "sessions", "dashboard", "scheduler_project"):
             assert f"import {name}" not in text and f"from {name} " not in text, (path, name)
+
+
+async def test_receive_after_receive_on_a_normal_channel_never_stalls(
+    cluster_layer_factory: LayerFactory,
+) -> None:
+    """Each receive that finds the fetcher stopping (its last acknowledgement in flight) must
+    still get a fetcher: one send and one receive at a time hits that moment again and again."""
+    sender, receiver = cluster_layer_factory(), cluster_layer_factory()
+    for i in range(100):
+        await sender.send("test.one-by-one", {"type": "t", "i": i})
+        assert (await receive_within(receiver, "test.one-by-one"))["i"] == i
