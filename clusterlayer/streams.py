@@ -20,8 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import ResponseError
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.exceptions import ResponseError, SlotNotCoveredError
 
 from clusterlayer.cancel import raise_if_cancelled
 from clusterlayer.errors import RETRY_MAX, RETRY_MIN, UNAVAILABLE_ERRORS
@@ -206,8 +206,9 @@ class StreamReader:
             if state.done:
                 await self._acknowledge(key, state.done)
                 state.done = []
-            response = await self.client.xreadgroup(
-                GROUP, self.consumer, {key: "0"}, count=self.read_count
+            node = await self._node_of(key)
+            response = await self.client.execute_command(
+                *self._xreadgroup(key, "0", block_ms=None), target_nodes=node
             )
             return entries(response)
         if state.dead_letters is not None and time.monotonic() >= state.claim_at:
@@ -216,9 +217,8 @@ class StreamReader:
         if state.done:
             pipe.xack(key, GROUP, *state.done)
             pipe.xdel(key, *state.done)
-        pipe.xreadgroup(
-            GROUP, self.consumer, {key: ">"}, count=self.read_count, block=self.block_ms
-        )
+        node = await self._node_of(key)
+        pipe.execute_command(*self._xreadgroup(key, ">", block_ms=self.block_ms), target_nodes=node)
         *acks, response = await pipe.execute(raise_on_error=False)
         for result in (*acks, response):
             if isinstance(result, Exception):
@@ -226,6 +226,27 @@ class StreamReader:
         self.unacked[key].difference_update(state.done)
         state.done = []
         return entries(response)
+
+    def _xreadgroup(self, key: str, start: str, *, block_ms: int | None) -> list[Any]:
+        """The XREADGROUP command of this consumer on ``key`` from ``start``."""
+        command: list[Any] = ["XREADGROUP", "GROUP", GROUP, self.consumer]
+        command += ["COUNT", self.read_count]
+        if block_ms is not None:
+            command += ["BLOCK", block_ms]
+        return [*command, "STREAMS", key, start]
+
+    async def _node_of(self, key: str) -> ClusterNode:
+        """The primary serving ``key``, from the client's slot map.
+
+        XREADGROUP has "movable" keys, for which redis-py asks the server (COMMAND GETKEYS) on
+        every call: one more round trip per read, and one more moment where a cancel can be
+        lost. Naming the node skips that; after a failover, a MOVED reply updates the map.
+        """
+        await self.client.initialize()  # a no-op once the client has its slot map
+        node = self.client.get_node_from_key(key)
+        if node is None:
+            raise SlotNotCoveredError(f"no node serves {key!r}")
+        return node
 
     async def _claim(self, key: str, dead_letters: str, state: ReadState) -> list[Entry]:
         """Take over the entries of ``key`` pending longer than ``claim.idle_ms`` for other
