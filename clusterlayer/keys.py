@@ -5,7 +5,8 @@ one tag only, so each operation is single-slot on any cluster:
 
 - ``{p:<process>}``: one process's inbox stream, its alive (heartbeat) key and its set of full
   channels. A send to a process-local channel checks and appends in one script on this slot.
-- ``{c:<channel>}``: the stream of one normal (cross-process) channel.
+- ``{c:<channel>}``: the stream of one normal (cross-process) channel, and its count of dead
+  letters.
 - ``{g:<group>}``: the sorted set of one group's members.
 
 The layer prefix stays outside the tag so that ``flush`` can find every key by ``<prefix>:*``.
@@ -34,6 +35,11 @@ def full(prefix: str, process: str) -> str:
 def channel_stream(prefix: str, channel: str) -> str:
     """The stream of a normal channel, read through a consumer group by its receivers."""
     return f"{prefix}:{{c:{channel}}}:stream"
+
+
+def dead_letters(prefix: str, channel: str) -> str:
+    """How many entries of a normal channel were dropped after too many deliveries."""
+    return f"{prefix}:{{c:{channel}}}:dead"
 
 
 def group(prefix: str, name: str) -> str:

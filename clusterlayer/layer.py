@@ -22,8 +22,12 @@ pays one round trip per batch rather than per message.
 from __future__ import annotations
 
 import asyncio
+import itertools
+import os
 import re
 import secrets
+import socket
+from collections import deque
 from typing import Any
 
 from channels.layers import BaseChannelLayer
@@ -32,6 +36,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from clusterlayer.loops import on_close
 from clusterlayer.process import Process, process_of
 
 PREFIX_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -47,7 +52,12 @@ class ClusterChannelLayer(BaseChannelLayer):  # type: ignore[misc]
     capacities). ``inbox_capacity``: most undelivered messages in one process's inbox.
     ``process_ttl`` / ``heartbeat_interval``: how long a silent process counts as alive, and how
     often it says it is. ``block_timeout``: seconds one XREADGROUP waits (must stay below
-    ``socket_timeout``). ``read_count``: most entries per read.
+    ``socket_timeout``). ``read_count``: most entries per read. ``consumer_name``: this
+    process's name in the consumer groups, stable across restarts if the deployment has one
+    (default ``<hostname>-<pid>``); unique among running processes. ``claim_idle``: seconds a
+    normal channel's entry may stay unacknowledged before another process takes it over
+    (default ``process_ttl``). ``max_deliveries``: deliveries after which such an entry is
+    dropped as a dead letter.
     """
 
     extensions = ["groups", "flush"]
@@ -66,6 +76,9 @@ class ClusterChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         heartbeat_interval: float | None = None,
         block_timeout: float = 2.0,
         read_count: int = 500,
+        consumer_name: str | None = None,
+        claim_idle: float | None = None,
+        max_deliveries: int = 3,
         socket_timeout: float = 5.0,
         socket_connect_timeout: float = 1.0,
         serializer_format: str = "msgpack",
@@ -83,6 +96,9 @@ class ClusterChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         if not 0 < block_timeout < socket_timeout:
             # A blocking read longer than the socket timeout would end in a TimeoutError.
             raise ValueError("block_timeout must be positive and below socket_timeout")
+        claim_idle = process_ttl if claim_idle is None else claim_idle
+        if claim_idle <= 0 or max_deliveries < 1:
+            raise ValueError("claim_idle and max_deliveries must be positive")
         self.url = url
         self.prefix = prefix
         self.group_expiry = group_expiry
@@ -92,6 +108,9 @@ class ClusterChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         self.heartbeat_interval = heartbeat_interval
         self.block_timeout = block_timeout
         self.read_count = read_count
+        self.consumer_name = consumer_name or f"{socket.gethostname()}-{os.getpid()}"
+        self.claim_idle = claim_idle
+        self.max_deliveries = max_deliveries
         self.socket_timeout = socket_timeout
         self.socket_connect_timeout = socket_connect_timeout
         self.client_options = dict(client_options or {})
@@ -102,6 +121,8 @@ class ClusterChannelLayer(BaseChannelLayer):  # type: ignore[misc]
             symmetric_encryption_keys=symmetric_encryption_keys,
         )
         self._processes: dict[asyncio.AbstractEventLoop, Process] = {}
+        # Ids of this layer's processes whose loop closed (recent ones), for receive's error.
+        self._closed_ids: deque[str] = deque(maxlen=1000)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(url={self.url!r}, prefix={self.prefix!r})"
@@ -125,10 +146,7 @@ class ClusterChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         elif process.owns(owner):
             payload = await process.local.receive(channel)
         else:
-            raise ValueError(
-                f"{channel!r} is not a channel of this process: only the layer instance and "
-                f"event loop whose new_channel() made a process-local channel can receive on it"
-            )
+            raise ValueError(self._foreign_channel(channel, owner))
         return self.deserialize(payload)
 
     async def new_channel(self, prefix: str = "specific") -> str:
@@ -142,10 +160,11 @@ class ClusterChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         await self._process().flush()
 
     async def close(self) -> None:
-        """Stop this event loop's reader and heartbeat, unregister, and close the client."""
-        process = self._processes.pop(asyncio.get_running_loop(), None)
-        if process is not None:
-            await process.close()
+        """Stop this event loop's reader and heartbeat, unregister, and close the client.
+
+        Also done by itself when the loop closes.
+        """
+        await self._close_loop(asyncio.get_running_loop())
 
     # --- Groups extension -------------------------------------------------------------------
 
@@ -186,14 +205,49 @@ class ClusterChannelLayer(BaseChannelLayer):  # type: ignore[misc]
             raise TypeError(f"a message is a dict, not {type(message).__name__}")
 
     def _process(self) -> Process:
-        """This event loop's incarnation of the layer (redis-py connections are per loop)."""
+        """This event loop's incarnation of the layer (redis-py connections are per loop).
+
+        It is closed, with its client, when its loop closes (``loops``), so that every
+        ``async_to_sync`` call from sync code does not leave a client behind.
+        """
         loop = asyncio.get_running_loop()
         process = self._processes.get(loop)
         if process is None:
+            # Loops that closed without the hook (one that cannot be wrapped) are only dropped.
             for stale in [other for other in self._processes if other.is_closed()]:
                 del self._processes[stale]
-            process = self._processes[loop] = Process(self, loop)
+            slots = {other.slot for other in self._processes.values()}
+            slot = next(n for n in itertools.count() if n not in slots)
+            process = self._processes[loop] = Process(self, loop, slot)
+            on_close(loop, lambda: self._close_loop(loop))
         return process
+
+    async def _close_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        process = self._processes.pop(loop, None)
+        if process is not None:
+            self._closed_ids.append(process.id)
+            await process.close()
+
+    def _foreign_channel(self, channel: str, owner: str) -> str:
+        """Why ``receive`` refuses a process-local channel of another process (the error).
+
+        A process-local channel lives in the mailboxes of the event loop whose ``new_channel``
+        made it (docs/channel-layer.md, "Event loops"): other loops of this layer, even in the
+        same OS process, cannot receive on it.
+        """
+        rule = (
+            "a process-local channel can only be received on the event loop (and layer "
+            "instance) whose new_channel() made it; use a normal channel (no '!') to share "
+            "messages between loops"
+        )
+        if any(process.id == owner for process in self._processes.values()):
+            return f"{channel!r} belongs to another event loop of this layer: {rule}"
+        if owner in self._closed_ids:
+            return (
+                f"{channel!r} was made on an event loop of this layer that has closed (as each "
+                f"async_to_sync call's loop does), and went with it: {rule}"
+            )
+        return f"{channel!r} is not a channel of this process: {rule}"
 
     def build_client(self) -> RedisCluster:
         """A cluster client with bounded timeouts and no automatic retry of commands.

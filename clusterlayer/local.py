@@ -17,6 +17,7 @@ from collections.abc import Callable
 from channels.exceptions import ChannelFull
 from redis.asyncio.cluster import RedisCluster
 
+from clusterlayer.cancel import raise_if_cancelled
 from clusterlayer.errors import RETRY_MAX, RETRY_MIN, UNAVAILABLE_ERRORS
 from clusterlayer.mailbox import Mailbox, forget_if_idle
 
@@ -97,6 +98,7 @@ class LocalChannels:
         """Mirror which local channels are full into the process's full set in Redis."""
         backoff = RETRY_MIN
         while not self.closed():
+            raise_if_cancelled()
             await self.marks_wakeup.wait()
             self.marks_wakeup.clear()
             dirty, self.dirty_marks = self.dirty_marks, set()

@@ -2,9 +2,10 @@
 channel's stream while receives wait here, into a mailbox of this process.
 
 A normal channel is read through the consumer group by whichever processes receive on it, so
-each message goes to one receiver. A fetcher reads only as many entries as receives are
-waiting, and stops when none are; what a cancelled receive leaves in the mailbox stays for the
-next receive on that channel in this process.
+each message goes to one receiver. A fetcher reads while receives wait, and stops when none
+do; what a cancelled receive leaves in the mailbox stays for the next receive on that channel
+in this process. A fetcher also claims what the dead consumers of the channel left pending
+(``StreamReader._claim``), and counts dead letters in ``keys.dead_letters``.
 """
 
 from __future__ import annotations
@@ -42,9 +43,7 @@ class NormalChannels:
         mailbox.receivers += 1
         try:
             if channel not in self.fetchers:
-                self.fetchers[channel] = self.loop.create_task(
-                    self._fetch(channel), name=f"clusterlayer-fetch-{channel}"
-                )
+                self._start_fetcher(channel)
             return await mailbox.get()
         finally:
             mailbox.receivers -= 1
@@ -79,10 +78,25 @@ class NormalChannels:
                         mailbox.put(deadline, payload)
 
         try:
-            await self.reader.consume(key, deliver, wanted, self.expiry_ms)
+            await self.reader.consume(
+                key,
+                deliver,
+                wanted,
+                self.expiry_ms,
+                dead_letters=keys.dead_letters(self.prefix, channel),
+            )
         finally:
             if self.fetchers.get(channel) is asyncio.current_task():
                 del self.fetchers[channel]
+        # A receive that came while this fetcher was stopping (paying its last acknowledgement)
+        # found it still registered, and waits on it: a new fetcher serves it.
+        if wanted() and not self.reader.closed() and channel not in self.fetchers:
+            self._start_fetcher(channel)
+
+    def _start_fetcher(self, channel: str) -> None:
+        self.fetchers[channel] = self.loop.create_task(
+            self._fetch(channel), name=f"clusterlayer-fetch-{channel}"
+        )
 
     def _mailbox(self, channel: str) -> Mailbox:
         mailbox = self.mailboxes.get(channel)

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from redis.asyncio.cluster import RedisCluster
 
 from clusterlayer import keys
+from clusterlayer.cancel import raise_if_cancelled
 from clusterlayer.scripts import Delivery, InboxEntry, deliver_inbox, send_channel
 
 # One script call carries at most this many messages or (roughly) bytes.
@@ -67,6 +68,7 @@ class Outbox:
     async def _drain(self) -> None:
         try:
             while self.pending:
+                raise_if_cancelled()  # close() stops the writer: leave the rest unsent
                 batch = self._take_batch()
                 try:
                     results = await self.write(batch)

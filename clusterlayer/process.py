@@ -22,6 +22,7 @@ from channels.exceptions import ChannelFull
 from redis.asyncio.cluster import RedisCluster
 
 from clusterlayer import keys
+from clusterlayer.cancel import raise_if_cancelled
 from clusterlayer.errors import UNAVAILABLE_ERRORS, ProcessGone
 from clusterlayer.groups import FanOut, Groups
 from clusterlayer.inbox import Inbox
@@ -29,7 +30,7 @@ from clusterlayer.local import LocalChannels
 from clusterlayer.normal import NormalChannels
 from clusterlayer.outbox import Outboxes
 from clusterlayer.scripts import Delivery
-from clusterlayer.streams import GROUP, StreamReader
+from clusterlayer.streams import GROUP, ClaimPolicy, StreamReader
 
 logger = logging.getLogger(__name__)
 
@@ -45,10 +46,8 @@ def process_of(channel: str) -> str | None:
 async def stop_tasks(tasks: list[asyncio.Task[None]], *, within: float) -> None:
     """Cancel ``tasks`` and wait until they have ended, for at most ``within`` seconds.
 
-    One cancel() is not always enough: on Python 3.11, asyncio.wait_for (which redis-py uses to
-    send a command) drops a cancellation that arrives as the write completes (CPython
-    gh-86296), and the command goes on. So the tasks also check a closed flag, and the cancel
-    is repeated until they have ended.
+    Every loop of the layer ends on the first cancel even when redis-py drops it (``cancel``);
+    the cancel is still repeated until the tasks have ended, for code that is not the layer's.
     """
     deadline = time.monotonic() + within
     pending = {task for task in tasks if not task.done()}
@@ -72,6 +71,9 @@ class LayerConfig(Protocol):
     block_timeout: float
     read_count: int
     socket_timeout: float
+    consumer_name: str
+    claim_idle: float
+    max_deliveries: int
 
     def build_client(self) -> RedisCluster: ...
 
@@ -81,10 +83,15 @@ class LayerConfig(Protocol):
 class Process:
     """The layer as seen by one event loop: its id, client, keys, tasks and collaborators."""
 
-    def __init__(self, layer: LayerConfig, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, layer: LayerConfig, loop: asyncio.AbstractEventLoop, slot: int) -> None:
         self.layer = layer
         self.loop = loop
         self.id = secrets.token_hex(8)
+        # The consumer name of its reads: stable for as long as the deployment keeps
+        # ``consumer_name`` (a restarted process at once takes back what it left pending), and
+        # unique among the layer's live loops (``slot``: the lowest free index).
+        self.slot = slot
+        self.consumer = f"{layer.consumer_name}.{slot}"
         self.client = layer.build_client()
         self.registered = False
         self.closed = False
@@ -98,10 +105,13 @@ class Process:
         self.tasks: list[asyncio.Task[None]] = []
         self.reader = StreamReader(
             self.client,
-            consumer=self.id,
+            consumer=self.consumer,
             read_count=layer.read_count,
             block_ms=int(layer.block_timeout * 1000),
             expiry=layer.expiry,
+            claim=ClaimPolicy(
+                idle_ms=int(layer.claim_idle * 1000), max_deliveries=layer.max_deliveries
+            ),
             closed=self.is_closed,
         )
         self.local = LocalChannels(
@@ -170,6 +180,7 @@ class Process:
     async def _heartbeat(self) -> None:
         """Keep the alive key, inbox and full set alive; drop expired messages from mailboxes."""
         while not self.closed:
+            raise_if_cancelled()
             await asyncio.sleep(self.layer.heartbeat_interval)
             try:
                 pipe = self.client.pipeline()

@@ -45,6 +45,7 @@ class Script:
             return await client.evalsha(self.sha, self.numkeys, *keys, *args)
 
 
+CLAIM_PENDING = Script.load("claim_pending-2.lua")
 DELIVER_INBOX = Script.load("deliver_inbox-3.lua")
 SEND_CHANNEL = Script.load("send_channel-1.lua")
 
@@ -99,3 +100,33 @@ async def send_channel(
     """Append ``payloads`` to a normal channel's stream within its capacity."""
     codes = await SEND_CHANNEL.run(client, [stream], [maxlen, capacity, expiry_ms, *payloads])
     return [Delivery(int(code)) for code in codes]
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """What one ``claim_pending`` call took over."""
+
+    dead: int  # entries dropped as dead letters
+    entries: list[tuple[bytes, dict[bytes, bytes]]]  # to deliver: (id, fields)
+
+
+async def claim_pending(
+    client: RedisCluster,
+    *,
+    stream: str,
+    dead_letters: str,
+    group: str,
+    consumer: str,
+    min_idle_ms: int,
+    count: int,
+    max_deliveries: int,
+    ttl_ms: int,
+) -> Claimed:
+    """Claim for ``consumer`` the entries of ``stream`` pending longer than ``min_idle_ms``."""
+    args = [group, consumer, min_idle_ms, count, max_deliveries, ttl_ms]
+    dead, claimed = await CLAIM_PENDING.run(client, [stream, dead_letters], args)
+    entries = []
+    for entry_id, flat in claimed:
+        fields = dict(zip(flat[::2], flat[1::2], strict=True))
+        entries.append((bytes(entry_id), fields))
+    return Claimed(dead=int(dead), entries=entries)

@@ -101,9 +101,8 @@ class Runtime:
             )
 
     async def stop(self, *, within: float = 5.0) -> None:
-        """Stop every duty. On Python 3.11 ``asyncio.wait_for`` (inside redis-py) can swallow a
-        cancellation (CPython gh-86296), so the duties also watch ``stopping`` and the cancel is
-        repeated until they are gone."""
+        """Stop every duty. A duty's loop ends on the first cancel even if its round swallowed
+        it (``_run_forever``); the cancel is still repeated until the tasks are gone."""
         self.stopping = True
         deadline = self.loop.time() + within
         # Let rounds in progress finish: a duty cancelled mid-command may still have its command
@@ -128,9 +127,24 @@ class Runtime:
         self.started = False
 
 
+def _cancel_requested() -> bool:
+    """Whether this task was asked to stop, even if the CancelledError itself was swallowed
+    below it (redis-py's ``asyncio.wait_for`` drops one that arrives as a write completes,
+    CPython gh-86296): the task's cancel count stays raised, since nothing uncancelled it."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 async def _run_forever(duty: Duty, runtime: Runtime) -> None:
+    """Run ``duty`` round after round until the runtime stops or the task is cancelled.
+
+    The loop ends on the first cancel, whatever the round did with it: ``asyncio.run`` (and
+    test teardown) cancel each task once and then wait for it.
+    """
     failures = 0
     while not runtime.stopping:
+        if _cancel_requested():
+            raise asyncio.CancelledError
         started = time.monotonic()
         runtime.busy.add(duty.name)
         try:
@@ -147,6 +161,8 @@ async def _run_forever(duty: Duty, runtime: Runtime) -> None:
             logger.exception("duty %s failed", duty.name)
         finally:
             runtime.busy.discard(duty.name)
+        if _cancel_requested():
+            raise asyncio.CancelledError
         elapsed = time.monotonic() - started
         # Back off while failing, up to 5 s, so a down cluster is not hammered.
         backoff = min(5.0, duty.interval_s * (2 ** min(failures, 6))) if failures else 0.0

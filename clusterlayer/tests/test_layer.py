@@ -256,7 +256,7 @@ async def test_a_restarted_reader_delivers_pending_entries_exactly_once(
     await stop_tasks(process.tasks[:1], within=3.0)
     await sender.send(channel, {"type": "t", "i": 1})
     await sender.send(channel, {"type": "t", "i": 2})
-    response = await process.client.xreadgroup(GROUP, process.id, {process.inbox_key: ">"})
+    response = await process.client.xreadgroup(GROUP, process.consumer, {process.inbox_key: ">"})
     entries = streams.entries(response)
     assert len(entries) == 2
     process.reader.hand_over(process.inbox_key, entries[:1], process.inbox.deliver)
@@ -359,3 +359,14 @@ def test_the_layer_package_knows_nothing_of_the_scheduler() -> None:
         text = path.read_text()
         for name in ("hotstate", "nodes", "jobs", "sessions", "dashboard", "scheduler_project"):
             assert f"import {name}" not in text and f"from {name} " not in text, (path, name)
+
+
+async def test_receive_after_receive_on_a_normal_channel_never_stalls(
+    cluster_layer_factory: LayerFactory,
+) -> None:
+    """Each receive that finds the fetcher stopping (its last acknowledgement in flight) must
+    still get a fetcher: one send and one receive at a time hits that moment again and again."""
+    sender, receiver = cluster_layer_factory(), cluster_layer_factory()
+    for i in range(100):
+        await sender.send("test.one-by-one", {"type": "t", "i": i})
+        assert (await receive_within(receiver, "test.one-by-one"))["i"] == i

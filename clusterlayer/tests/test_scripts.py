@@ -8,13 +8,14 @@ import pytest
 from redis.crc import key_slot
 
 from clusterlayer import keys
-from clusterlayer.scripts import DELIVER_INBOX, LUA_DIR, SEND_CHANNEL, Script
+from clusterlayer.scripts import CLAIM_PENDING, DELIVER_INBOX, LUA_DIR, SEND_CHANNEL, Script
 
 SCRIPTS = sorted(LUA_DIR.glob("*.lua"))
 
 
 def test_every_script_is_loaded_by_the_module() -> None:
-    assert {path.name for path in SCRIPTS} == {DELIVER_INBOX.name, SEND_CHANNEL.name}
+    loaded = {CLAIM_PENDING.name, DELIVER_INBOX.name, SEND_CHANNEL.name}
+    assert {path.name for path in SCRIPTS} == loaded
 
 
 @pytest.mark.parametrize("path", SCRIPTS, ids=lambda path: path.name)
@@ -42,6 +43,12 @@ def test_the_keys_of_one_process_share_a_slot() -> None:
             )
         }
         assert len(slots) == 1
+
+
+def test_the_keys_of_one_channel_share_a_slot() -> None:
+    for channel in ("chat.room-1", "a", "test.work"):
+        stream = keys.channel_stream("asgi", channel)
+        assert key_slot(stream.encode()) == key_slot(keys.dead_letters("asgi", channel).encode())
 
 
 def test_keys_are_tagged_by_their_owner() -> None:
