@@ -23,7 +23,8 @@ tag        keys                                why together
 ``m:S@V``  MNA debounce of (service, version)
 ``t:K``    job timer shard K                   sharded: every instance claims due timers
 ``s:ID``   session record, result outbox,      resume and delivery change them together with
-           tombstones, expected results        the owner key
+           tombstones, expected results,       the owner key
+           hand-over copies of taken results
 =========  ==================================  =================================================
 
 Parts taken from the outside world (tenants, request ids, ids of any kind) are escaped, so that
@@ -210,9 +211,22 @@ def session_expected_requests(session_id: str) -> str:
     return f"{prefix()}:{{s:{_part(session_id)}}}:expected_requests"
 
 
+def session_handed(session_id: str) -> str:
+    """Hash: job_id -> taker's token, newline, frame: a frame as handed over by a take, kept
+    for a short while so that the same taker can take it again after losing the answer."""
+    return f"{prefix()}:{{s:{_part(session_id)}}}:handed"
+
+
+def session_handed_at(session_id: str) -> str:
+    """Sorted set: job_id -> epoch ms of its hand-over (which copies in ``handed`` are old)."""
+    return f"{prefix()}:{{s:{_part(session_id)}}}:handed_at"
+
+
 def session_keys(session_id: str) -> tuple[str, str, str, str, str, str]:
     """record, owner, outbox, taken, expected, expected_requests: every key of a session, in
-    the order the session's open, renew, resume and close scripts take them."""
+    the order the session's open, renew, resume and close scripts take them. The hand-over
+    copies (``session_handed``, ``session_handed_at``) are not among them: they expire on
+    their own, a short while after the session's last take."""
     return (
         session_record(session_id),
         session_owner(session_id),

@@ -7,7 +7,8 @@ it (expected, with their request ids). All of them live ``resume_ttl_ms`` past t
 or close, so a session that disconnects can be resumed on any instance within that time and
 receive what finished while it was away. A result goes through the outbox even when the
 session is connected: ``put`` stores it once, ``take`` hands it to exactly one socket and
-leaves a tombstone; ``sweep`` looks at the outbox and the due expectations, a bounded number
+leaves a tombstone, keeping a copy for that taker alone for ``HANDED_KEEP_MS`` in case the
+answer was lost; ``sweep`` looks at the outbox and the due expectations, a bounded number
 at a time; no call reads a whole outbox.
 """
 
@@ -176,27 +177,49 @@ async def session_result_expect(
     return reply.code is Code.STORED
 
 
+# Hand-over copies: a taker can take its frame again for this long (see session_result_take).
+HANDED_KEEP_MS = 60_000
+HANDED_MAX = 10_000
+
+
 async def session_result_take(
     *,
     session_id: str,
     job_id: str,
+    token: str,
     keep_ms: int | None = None,
     max_taken: int = TOMBSTONES_MAX,
+    handed_ms: int = HANDED_KEEP_MS,
+    max_handed: int = HANDED_MAX,
     client: RedisCluster | None = None,
 ) -> str | None:
-    """Take a waiting result frame; exactly one caller gets it, the others None.
+    """Take a waiting result frame; exactly one token gets it, the others None.
 
-    Its tombstone lasts ``keep_ms`` (default ``tombstone_keep_ms()``), among at most
-    ``max_taken``.
+    ``token`` names this take, never another one: repeating the call with the same token
+    within ``handed_ms`` returns the same frame again, so a take that timed out (and may have
+    run on the server) is recovered by repeating it. Its tombstone lasts ``keep_ms`` (default
+    ``tombstone_keep_ms()``), among at most ``max_taken``; the copy kept for the repeat lasts
+    ``handed_ms``, among at most ``max_handed``.
     """
+    if "\n" in token or not token:
+        raise ValueError(f"a take token is a non-empty line, got {token!r}")
     reply = await SCRIPTS.call(
         "session_result_take",
         keys=[
             keys.session_record(session_id),
             keys.session_outbox(session_id),
             keys.session_taken(session_id),
+            keys.session_handed(session_id),
+            keys.session_handed_at(session_id),
         ],
-        args=[job_id, tombstone_keep_ms() if keep_ms is None else keep_ms, max_taken],
+        args=[
+            job_id,
+            token,
+            tombstone_keep_ms() if keep_ms is None else keep_ms,
+            max_taken,
+            handed_ms,
+            max_handed,
+        ],
         client=client,
         subject=session_id,
     )

@@ -46,6 +46,9 @@ class SessionConsumer(PeerConsumer):
     tenant: str = ""
     _renewer: asyncio.Task[None] | None = None
     _delivery_lock: asyncio.Lock | None = None
+    # Takes whose answer did not come (job_id -> token), and how many tokens were drawn.
+    _unsure: dict[str, str] | None = None
+    _takes_drawn: int = 0
 
     async def authenticate(self, frame: SessionInit) -> None:
         runtime = runtime_get()
@@ -70,6 +73,7 @@ class SessionConsumer(PeerConsumer):
     async def on_disconnect(self, code: int) -> None:
         if self._renewer is not None:
             self._renewer.cancel()
+        await self._put_back_unsure()
         await sessions.session_detach(session_id=self.session_id, channel=self.channel_name)
 
     async def _keep_session(self) -> None:
@@ -110,20 +114,23 @@ class SessionConsumer(PeerConsumer):
     async def sweep(self, *, until_empty: bool = False) -> None:
         """Send what waits in the outbox, a bounded page at a time (all of it: ``until_empty``).
 
-        A failure is logged and left to the next turn.
+        Takes that failed before are repeated first. A failure is logged and left to the next
+        turn.
         """
-        for _ in range(MAX_SWEEP_PAGES if until_empty else 1):
-            if self.closing:
+        try:
+            if not await self._retake():
                 return
-            try:
+            for _ in range(MAX_SWEEP_PAGES if until_empty else 1):
+                if self.closing:
+                    return
                 waiting = await outbox_sweep(session_id=self.session_id)
                 for job_id in waiting:
-                    await self.deliver(job_id)
-            except Exception:
-                logger.warning("session %s: outbox sweep failed", self.session_id, exc_info=True)
-                return
-            if len(waiting) < delivery.SWEEP_PENDING:
-                return
+                    if not await self._deliver(job_id):
+                        return
+                if len(waiting) < delivery.SWEEP_PENDING:
+                    return
+        except Exception:
+            logger.warning("session %s: outbox sweep failed", self.session_id, exc_info=True)
 
     # --- refusals ---------------------------------------------------------------------------
 
@@ -164,17 +171,100 @@ class SessionConsumer(PeerConsumer):
     async def deliver(self, job_id: str) -> None:
         """Take the job's result from the outbox, if it waits there, and send it.
 
-        The socket can still close during the take: the client's own close (``disconnect``
-        does not wait for this lock) while the sweep delivers. The frame then goes back to the
-        outbox for the session's next socket.
+        Never raises (it runs from channel-layer events, whose exceptions end the consumer): a
+        take that failed is repeated by the next sweep turn, anything else is logged.
+        """
+        try:
+            await self._deliver(job_id)
+        except Exception:
+            logger.exception("session %s: delivery of job %s failed", self.session_id, job_id)
+
+    def _unsure_takes(self) -> dict[str, str]:
+        if self._unsure is None:
+            self._unsure = {}
+        return self._unsure
+
+    def _token(self, job_id: str) -> str:
+        """The token of the next take of ``job_id``: the one of its failed take, if any (only
+        the same token gets that take's frame), else a fresh one, never used before."""
+        token = self._unsure_takes().get(job_id)
+        if token is None:
+            self._takes_drawn += 1
+            token = f"{self.channel_name}#{self._takes_drawn}"
+        return token
+
+    async def _deliver(self, job_id: str) -> bool:
+        """Take and send; False if Redis did not answer the take.
+
+        The take may have run on the server even so (a timeout while the server was frozen):
+        its token stays in ``_unsure`` from before the call until an answer, so that the next
+        sweep turn (or the socket's close) repeats it with the same token and gets the frame
+        back. The socket can still close during the take: the client's own close
+        (``disconnect`` does not wait for this lock) while the sweep delivers. The frame then
+        goes back to the outbox for the session's next socket.
         """
         async with self._delivery():
             if self.closing:
-                return
-            frame = await outbox_take(session_id=self.session_id, job_id=job_id)
-            if frame is None:
-                return
-            if self.closing:
-                await outbox_return(session_id=self.session_id, job_id=job_id, frame=frame)
-                return
-            await self.send_raw(frame)
+                return True
+            unsure = self._unsure_takes()
+            token = unsure[job_id] = self._token(job_id)
+            try:
+                frame = await outbox_take(session_id=self.session_id, job_id=job_id, token=token)
+            except Exception as exc:
+                logger.warning(
+                    "session %s: take of job %s failed (%s); repeating it at the next sweep",
+                    self.session_id,
+                    job_id,
+                    exc,
+                )
+                return False
+            if frame is not None and self.closing:
+                await self._put_back(job_id, token, frame)
+                return True
+            del unsure[job_id]
+            if frame is not None:
+                await self.send_raw(frame)
+            return True
+
+    async def _retake(self) -> bool:
+        """Repeat the takes that failed, each with its token; False if Redis still fails."""
+        for job_id in list(self._unsure_takes()):
+            if not await self._deliver(job_id):
+                return False
+        return True
+
+    async def _put_back(self, job_id: str, token: str, frame: str) -> bool:
+        """Return a frame taken but not sent to the outbox; False (still unsure) on failure."""
+        try:
+            await outbox_return(session_id=self.session_id, job_id=job_id, frame=frame)
+        except Exception as exc:
+            logger.warning(
+                "session %s: putting back job %s failed (%s)", self.session_id, job_id, exc
+            )
+            return False
+        self._unsure_takes().pop(job_id, None)
+        return True
+
+    async def _put_back_unsure(self) -> None:
+        """The socket closed: repeat its failed takes and put back what they got, so the
+        session's next socket sends it. Stops at the first failure (Redis still down); the
+        frames not put back stay with this socket's tokens and are lost with it."""
+        async with self._delivery():
+            unsure = self._unsure_takes()
+            for job_id, token in list(unsure.items()):
+                try:
+                    frame = await outbox_take(
+                        session_id=self.session_id, job_id=job_id, token=token
+                    )
+                except Exception as exc:
+                    logger.warning(
+                        "session %s: closing with %d unsure takes; Redis fails (%s)",
+                        self.session_id,
+                        len(unsure),
+                        exc,
+                    )
+                    return
+                if frame is None:
+                    del unsure[job_id]
+                elif not await self._put_back(job_id, token, frame):
+                    return

@@ -8,8 +8,9 @@ atomic, so each session sends it once even if it resumed on another instance mea
 Progress is best effort: sessions away when it happens miss it.
 
 The notice can be lost (a full channel drops it), and so can the put (a Redis error after the
-job ended, or a failover that loses the outbox or the job's record). Two things make that cost
-latency, not the result:
+job ended, or a failover that loses the outbox or the job's record), and so can the answer to
+a take (a timeout while the server is frozen; it runs the take when it wakes up). Three things
+make that cost latency, not the result:
 
 1. A connected (or just resumed) session sweeps its outbox every ``SWEEP_INTERVAL_S``: one
    bounded call that returns some waiting results and the expectations due for a check.
@@ -18,6 +19,9 @@ latency, not the result:
    ``EXPECT_RECHECK_S`` while the job runs: a job whose record is gone is answered
    ``JOB_LOST`` (PROTOCOL.md v1.1 §6); a job that ended more than ``EXPECT_GRACE_S`` ago
    without its result reaching the outbox gets it put again.
+3. Each take has a token of its own (``outbox_take``). A socket whose take failed remembers it
+   and repeats it, with the same token, first thing at its next sweep turn: the frame comes
+   back if the take ran, and nobody else can get it meanwhile.
 """
 
 from __future__ import annotations
@@ -117,9 +121,14 @@ async def result_deliver_to(*, job: JobView, session_ids: Iterable[str]) -> None
             await event_send(channel, SessionDeliverEvent(job_id=job.job_id))
 
 
-async def outbox_take(*, session_id: str, job_id: str) -> str | None:
-    """Take a waiting result (the ``job_result`` frame) so that exactly one socket sends it."""
-    return await hsessions.session_result_take(session_id=session_id, job_id=job_id)
+async def outbox_take(*, session_id: str, job_id: str, token: str) -> str | None:
+    """Take a waiting result (the ``job_result`` frame) so that exactly one socket sends it.
+
+    ``token`` names this take and no other: after a failure (the take may have run on the
+    server), the same call with the same token, within ``hsessions.HANDED_KEEP_MS``, returns
+    the frame if this take got it.
+    """
+    return await hsessions.session_result_take(session_id=session_id, job_id=job_id, token=token)
 
 
 async def outbox_return(*, session_id: str, job_id: str, frame: str) -> None:

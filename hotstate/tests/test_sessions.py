@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from redis.asyncio.cluster import RedisCluster
 
 from hotstate import keys
@@ -48,7 +49,7 @@ async def test_a_closed_session_resumes_on_another_socket_with_its_results(
     )
     assert (resumed.resumed, resumed.previous_channel) == (True, None)
     assert await session_results_pending(session_id="s1", client=hot) == ["j1"]
-    assert await session_result_take(session_id="s1", job_id="j1", client=hot) == "{}"
+    assert await session_result_take(session_id="s1", job_id="j1", token="x1", client=hot) == "{}"
 
 
 async def test_resuming_an_open_session_replaces_the_older_socket(hot: RedisCluster) -> None:
@@ -87,7 +88,10 @@ async def test_a_result_is_stored_once_and_taken_once(hot: RedisCluster) -> None
     assert await session_result_put(session_id="s1", job_id="j1", frame_json="A", client=hot)
     assert not await session_result_put(session_id="s1", job_id="j1", frame_json="B", client=hot)
     takes = await asyncio.gather(
-        *(session_result_take(session_id="s1", job_id="j1", client=hot) for _ in range(10))
+        *(
+            session_result_take(session_id="s1", job_id="j1", token=f"t{n}", client=hot)
+            for n in range(10)
+        )
     )
     assert [t for t in takes if t is not None] == ["A"]
     # A late repeat of the delivery cannot store it again.
@@ -110,7 +114,7 @@ async def test_tombstones_are_pruned_by_age_and_capped_by_count(hot: RedisCluste
     for n in range(6):
         await session_result_put(session_id="s1", job_id=f"j{n}", frame_json="A", client=hot)
         await session_result_take(
-            session_id="s1", job_id=f"j{n}", keep_ms=TTL, max_taken=4, client=hot
+            session_id="s1", job_id=f"j{n}", token=f"t{n}", keep_ms=TTL, max_taken=4, client=hot
         )
     # The newest four are kept; a repeat of one of them is still refused.
     taken = await hot.zrange(keys.session_taken("s1"), 0, -1)
@@ -120,7 +124,7 @@ async def test_tombstones_are_pruned_by_age_and_capped_by_count(hot: RedisCluste
     # Older than keep_ms: pruned by the next take.
     await asyncio.sleep(0.05)
     await session_result_put(session_id="s1", job_id="j9", frame_json="A", client=hot)
-    await session_result_take(session_id="s1", job_id="j9", keep_ms=20, client=hot)
+    await session_result_take(session_id="s1", job_id="j9", token="t9", keep_ms=20, client=hot)
     assert await hot.zrange(keys.session_taken("s1"), 0, -1) == ["j9"]
     assert 0 < await hot.pttl(keys.session_taken("s1")) <= TTL
 
@@ -135,7 +139,10 @@ async def test_reads_of_a_large_outbox_are_bounded_and_reach_every_result(
     while page := await session_results_pending(session_id="s1", limit=8, client=hot):
         assert len(page) <= 8
         for job_id in page:
-            assert await session_result_take(session_id="s1", job_id=job_id, client=hot) == "F"
+            assert (
+                await session_result_take(session_id="s1", job_id=job_id, token=job_id, client=hot)
+                == "F"
+            )
             seen.add(job_id)
     assert seen == {f"j{n}" for n in range(40)}
     swept = await session_outbox_sweep(
@@ -149,12 +156,12 @@ async def test_a_frame_taken_but_not_sent_goes_back_and_is_taken_once_more(
 ) -> None:
     await session_start(session_id="s1", tenant="acme", channel="c1", resume_ttl_ms=TTL, client=hot)
     await session_result_put(session_id="s1", job_id="j1", frame_json="A", client=hot)
-    frame = await session_result_take(session_id="s1", job_id="j1", client=hot)
+    frame = await session_result_take(session_id="s1", job_id="j1", token="x2", client=hot)
     assert frame == "A"
     assert await session_result_return(session_id="s1", job_id="j1", frame_json=frame, client=hot)
     assert await session_results_pending(session_id="s1", client=hot) == ["j1"]
-    assert await session_result_take(session_id="s1", job_id="j1", client=hot) == "A"
-    assert await session_result_take(session_id="s1", job_id="j1", client=hot) is None
+    assert await session_result_take(session_id="s1", job_id="j1", token="x3", client=hot) == "A"
+    assert await session_result_take(session_id="s1", job_id="j1", token="x4", client=hot) is None
     assert not await session_result_put(session_id="s1", job_id="j1", frame_json="A", client=hot)
 
 
@@ -186,7 +193,7 @@ async def test_an_expected_result_is_due_after_its_grace_until_its_result_is_put
     assert not await session_result_expect(
         session_id="s1", job_id="j1", request_id="r1", check_after_ms=0, client=hot
     )
-    await session_result_take(session_id="s1", job_id="j1", client=hot)
+    await session_result_take(session_id="s1", job_id="j1", token="x5", client=hot)
     assert not await session_result_expect(
         session_id="s1", job_id="j1", request_id="r1", check_after_ms=0, client=hot
     )
@@ -215,6 +222,72 @@ async def test_a_tombstone_left_in_the_outbox_by_an_earlier_version_moves_out(
     await session_start(session_id="s1", tenant="acme", channel="c1", resume_ttl_ms=TTL, client=hot)
     await hot.hset(keys.session_outbox("s1"), "j1", "")
     assert not await session_result_put(session_id="s1", job_id="j1", frame_json="A", client=hot)
-    assert await session_result_take(session_id="s1", job_id="j1", client=hot) is None
+    assert await session_result_take(session_id="s1", job_id="j1", token="x6", client=hot) is None
     assert await session_results_pending(session_id="s1", client=hot) == []
     assert not await session_result_put(session_id="s1", job_id="j1", frame_json="A", client=hot)
+
+
+async def test_a_take_whose_answer_was_lost_is_taken_again_by_its_token_only(
+    hot: RedisCluster,
+) -> None:
+    """A take that timed out may still run when the frozen server wakes up: the frame leaves
+    the outbox and its answer goes nowhere. Repeating it with the same token gets it back."""
+    await session_start(session_id="s1", tenant="acme", channel="c1", resume_ttl_ms=TTL, client=hot)
+    await session_result_put(session_id="s1", job_id="j1", frame_json="A", client=hot)
+    # The take runs on the server; its answer never reaches the socket.
+    await session_result_take(session_id="s1", job_id="j1", token="c1#1", client=hot)
+    assert await session_results_pending(session_id="s1", client=hot) == []
+
+    assert await session_result_take(session_id="s1", job_id="j1", token="c2#1", client=hot) is None
+    assert await session_result_take(session_id="s1", job_id="j1", token="c1#1", client=hot) == "A"
+    assert await session_result_take(session_id="s1", job_id="j1", token="c1#1", client=hot) == "A"
+    assert await session_result_take(session_id="s1", job_id="j1", token="c1#2", client=hot) is None
+    # Still taken once: a late repeat of the delivery cannot store it again.
+    assert not await session_result_put(session_id="s1", job_id="j1", frame_json="A", client=hot)
+
+
+async def test_a_frame_put_back_and_taken_by_another_socket_is_not_its_first_takers(
+    hot: RedisCluster,
+) -> None:
+    await session_start(session_id="s1", tenant="acme", channel="c1", resume_ttl_ms=TTL, client=hot)
+    await session_result_put(session_id="s1", job_id="j1", frame_json="A", client=hot)
+    frame = await session_result_take(session_id="s1", job_id="j1", token="c1#1", client=hot)
+    assert frame == "A"
+    await session_result_return(session_id="s1", job_id="j1", frame_json=frame, client=hot)
+    assert await session_result_take(session_id="s1", job_id="j1", token="c2#1", client=hot) == "A"
+    assert await session_result_take(session_id="s1", job_id="j1", token="c1#1", client=hot) is None
+    assert await session_result_take(session_id="s1", job_id="j1", token="c2#1", client=hot) == "A"
+
+
+async def test_handed_over_copies_are_pruned_by_age_and_capped_by_count(hot: RedisCluster) -> None:
+    await session_start(session_id="s1", tenant="acme", channel="c1", resume_ttl_ms=TTL, client=hot)
+    handed = keys.session_handed("s1")
+
+    async def take(job_id: str, **limits: int) -> str | None:
+        return await session_result_take(
+            session_id="s1", job_id=job_id, token=f"t-{job_id}", client=hot, **limits
+        )
+
+    for n in range(6):
+        await session_result_put(session_id="s1", job_id=f"j{n}", frame_json="A", client=hot)
+        assert await take(f"j{n}", handed_ms=TTL, max_handed=4) == "A"
+    assert sorted(await hot.hkeys(handed)) == ["j2", "j3", "j4", "j5"]
+    assert await take("j1") is None
+    assert await take("j5") == "A"
+    # Older than handed_ms: pruned by the next call, a bounded number at a time.
+    await session_result_put(session_id="s1", job_id="j9", frame_json="A", client=hot)
+    await take("j9", handed_ms=TTL)
+    await asyncio.sleep(0.05)
+    assert await take("j9", handed_ms=20) is None
+    assert await hot.hlen(handed) == 0
+    assert await hot.zcard(keys.session_handed_at("s1")) == 0
+    await session_result_put(session_id="s1", job_id="j10", frame_json="A", client=hot)
+    await take("j10", handed_ms=100)
+    assert 0 < await hot.pttl(handed) <= 100
+    assert 0 < await hot.pttl(keys.session_handed_at("s1")) <= 100
+
+
+async def test_a_take_token_is_one_line(hot: RedisCluster) -> None:
+    for token in ("", "a\nb"):
+        with pytest.raises(ValueError):
+            await session_result_take(session_id="s1", job_id="j1", token=token, client=hot)

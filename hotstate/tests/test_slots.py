@@ -80,7 +80,9 @@ async def tour(client: RedisCluster) -> None:
     await sessions.session_result_put(
         session_id=SESSION, job_id=JOB, frame_json="{}", client=client
     )
-    await sessions.session_result_take(session_id=SESSION, job_id=JOB, client=client)
+    await sessions.session_result_take(
+        session_id=SESSION, job_id=JOB, token="c:{1}#1", client=client
+    )
     await sessions.session_result_return(
         session_id=SESSION, job_id=JOB, frame_json="{}", client=client
     )

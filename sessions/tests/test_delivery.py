@@ -12,7 +12,9 @@ from channels.layers import get_channel_layer
 
 from core.consumers import live_sockets
 from hotstate import keys
+from hotstate import sessions as hsessions
 from hotstate.client import get_client
+from hotstate.errors import DependencyDown
 from sessions import consumers, delivery
 from sessions.consumers import SessionConsumer
 from tests.support.inprocess import (
@@ -168,8 +170,8 @@ async def test_a_result_taken_while_the_client_hangs_up_reaches_its_next_socket(
     ]
     take = consumers.outbox_take
 
-    async def take_then_hang_up(*, session_id: str, job_id: str) -> str | None:
-        frame = await take(session_id=session_id, job_id=job_id)
+    async def take_then_hang_up(*, session_id: str, job_id: str, token: str) -> str | None:
+        frame = await take(session_id=session_id, job_id=job_id, token=token)
         consumer.closing = True  # the client's close arrived during the round trip
         return frame
 
@@ -183,3 +185,41 @@ async def test_a_result_taken_while_the_client_hangs_up_reaches_its_next_socket(
     back, _ = await session_peer(key, session_id=session_id)
     result = await back.receive()
     assert (result["job_id"], result["result"]) == (assign["job_id"], {"text": "kept"})
+
+
+@pytest.mark.parametrize("ran", [True, False], ids=["take-ran", "take-never-ran"])
+async def test_a_take_whose_answer_was_lost_is_repeated_and_delivered_by_the_next_sweep(
+    monkeypatch: pytest.MonkeyPatch, ran: bool
+) -> None:
+    """The whole cluster froze (SIGSTOP) during the take: it timed out, and the server may
+    still have run it on waking up (``ran``). The notice's handler must not end the consumer,
+    and the next sweep turn gets the frame back and sends it, once."""
+    _, node = await online_node("gpu")
+    _, session = await online_session(await new_api_key("acme"))
+    take = hsessions.session_result_take
+    failed: list[str] = []
+
+    async def take_answer_lost(**kwargs: Any) -> str | None:
+        if not failed:
+            failed.append(kwargs["job_id"])
+            if ran:
+                await take(**kwargs)
+            raise DependencyDown("session_result_take: TimeoutError")
+        return await take(**kwargs)
+
+    monkeypatch.setattr(hsessions, "session_result_take", take_answer_lost)
+    assign = await accepted_job(session, node, "r-1")
+    await finish(node, assign, text="recovered")
+    result = await session.receive(timeout=3.0)  # a sweep turn is due every second
+    assert failed == [assign["job_id"]], "no take failed: the test proves nothing"
+    assert (result["type"], result["job_id"], result["result"]) == (
+        "job_result",
+        assign["job_id"],
+        {"text": "recovered"},
+    )
+    assert await session.nothing(1.2)
+    # The consumer lives on: it answers and delivers the next result.
+    assert await session.settle() == []
+    assign = await accepted_job(session, node, "r-2")
+    await finish(node, assign, text="next")
+    assert (await session.receive())["result"] == {"text": "next"}
