@@ -73,6 +73,10 @@ async def job_followups_now(*, job_id: str) -> None:
         await job_followups(job_id=job_id)
     except DependencyDown as exc:
         logger.warning("job %s: follow-ups left to the sweep: %s", job_id, exc)
+    except Exception:
+        # Not Redis being down (a bug, or redis-py failing on a connection torn down under
+        # it): still owed, so still the sweep's; logged whole, since it is not expected.
+        logger.exception("job %s: follow-ups failed; left to the sweep", job_id)
 
 
 async def _do_owed(job: JobView) -> int:
