@@ -23,11 +23,13 @@ cannot answer; the commit may or may not have happened then, and every script is
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import hashlib
 import logging
 import re
 import weakref
-from collections.abc import Awaitable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -120,11 +122,36 @@ def _durable_wait_ms() -> int:
 
 
 def _timeout() -> float:
-    """REDIS_SOCKET_TIMEOUT: the bound of one whole call, retries included."""
+    """The bound of one whole call, retries included: REDIS_SOCKET_TIMEOUT, or less if the
+    caller's ``call_deadline`` comes first."""
     global _call_timeout
     if _call_timeout is None:
         _call_timeout = float(settings.REDIS_SOCKET_TIMEOUT)
-    return _call_timeout
+    deadline = _deadline.get()
+    if deadline is None:
+        return _call_timeout
+    left = deadline - asyncio.get_running_loop().time()
+    if left <= 0:
+        raise DependencyDown("the caller's deadline passed before this call")
+    return min(_call_timeout, left)
+
+
+_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "hotstate_deadline", default=None
+)
+
+
+@contextlib.contextmanager
+def call_deadline(seconds: float) -> Iterator[None]:
+    """Bound every Redis call of this task (and the tasks it starts) to end within ``seconds``
+    from now, all together: a call that would run past it fails with ``DependencyDown``, as one
+    whose own timeout passed. A request's answer then comes within a bound however many
+    primaries stall one after the other (each call alone is bounded by REDIS_SOCKET_TIMEOUT)."""
+    token = _deadline.set(asyncio.get_running_loop().time() + seconds)
+    try:
+        yield
+    finally:
+        _deadline.reset(token)
 
 
 @receiver(setting_changed)

@@ -183,6 +183,9 @@ REDIS_SOCKET_TIMEOUT = env_float("REDIS_SOCKET_TIMEOUT", 5.0, minimum=0.05)
 # How long a durable write (a job's creation, a request's binding) waits for one replica to
 # have it before the scheduler answers anyway (DESIGN.md, "Durability and recovery"); 0: no wait.
 DURABLE_WAIT_MS = env_int("DURABLE_WAIT_MS", 50, minimum=0)
+# The Redis calls of one submit end within this many seconds all together, however many primaries
+# stall one after the other; past it the submit is answered DEPENDENCY_DOWN (retry, same id).
+SUBMIT_DEADLINE_S = env_float("SUBMIT_DEADLINE_S", 5.0, minimum=0.1)
 
 # --- Protocol limits and scheduler tunables (PROTOCOL.md names) -------------------------------
 

@@ -10,9 +10,12 @@ from __future__ import annotations
 import asyncio
 import itertools
 
+import pytest
 from redis.asyncio.cluster import RedisCluster
 
 from hotstate import keys, timers
+from hotstate.errors import DependencyDown
+from hotstate.scripts import call_deadline
 
 PAUSE_MS = 3_000
 
@@ -52,3 +55,25 @@ async def test_a_stalled_primary_does_not_hold_up_calls_to_the_others(hot: Redis
     finally:
         await hot.execute_command("CLIENT", "UNPAUSE", target_nodes=stalled)
     await asyncio.gather(*waiting)
+
+
+async def test_a_deadline_bounds_a_task_s_calls_all_together(hot: RedisCluster) -> None:
+    """Each call alone waits up to REDIS_SOCKET_TIMEOUT for a stalled primary; under a
+    ``call_deadline`` the calls of a request end within it in all, and the next call after it
+    fails at once."""
+    await hot.initialize()
+    stalled = hot.get_node_from_key(keys.timers_of("j_gate_0"))
+    assert stalled is not None
+    on_stalled = await job_on(hot, stalled.name)
+    await timers.timer_arm(job_id=on_stalled, due_ms=1, client=hot)  # script loaded
+    await hot.execute_command("CLIENT", "PAUSE", PAUSE_MS, "WRITE", target_nodes=stalled)
+    try:
+        with call_deadline(0.3):
+            with pytest.raises(DependencyDown):
+                await asyncio.wait_for(
+                    timers.timer_arm(job_id=on_stalled, due_ms=2, client=hot), timeout=2
+                )
+            with pytest.raises(DependencyDown, match="deadline"):
+                await timers.timer_arm(job_id=on_stalled, due_ms=3, client=hot)
+    finally:
+        await hot.execute_command("CLIENT", "UNPAUSE", target_nodes=stalled)

@@ -16,7 +16,9 @@ from core.runtime import now_ms
 from hotstate import codes as hcodes
 from hotstate import jobs as hjobs
 from hotstate import timers as htimers
+from hotstate.errors import DependencyDown
 from hotstate.jobs import JobState, JobView
+from hotstate.scripts import call_deadline
 from jobs.services.dispatch import MaybePlaced, ack_timeout_ms, job_dispatch, job_reject
 from nodes.snapshot import snapshot_get
 from protocol import ErrorCode, JobSubmit, ServiceRef
@@ -26,6 +28,8 @@ logger = logging.getLogger(__name__)
 
 # A duplicate submit that finds its job not yet dispatched waits this long for the first one.
 DUPLICATE_WAIT_S = 3.0
+# The bound of the one call that decides a submit whose placement Redis left unanswered.
+MAYBE_PLACED_EXPECT_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,12 @@ def submit_validate(*, submit: JobSubmit) -> tuple[int, str]:
 
 
 async def job_submit(*, tenant: str, session_id: str, submit: JobSubmit) -> Accepted:
+    """Submit a job (``_submit``); its Redis calls end within SUBMIT_DEADLINE_S in all."""
+    with call_deadline(settings.SUBMIT_DEADLINE_S):
+        return await _submit(tenant=tenant, session_id=session_id, submit=submit)
+
+
+async def _submit(*, tenant: str, session_id: str, submit: JobSubmit) -> Accepted:
     """Create and dispatch a job, or join the one already bound to this request id.
 
     1. Validate what the models cannot (payload size, timeout bound, known service).
@@ -134,8 +144,15 @@ async def _place(fields: _Fields, *, job_id: str, duplicate: bool) -> Accepted:
             raise NoAvailableNode(
                 f"no online node can take service {_service_name(submit.service)}"
             )
-    # From here the session's sweep sees to it that the result, or JOB_LOST, reaches it.
-    await outbox_expect(session_id=fields.session_id, job_id=job_id, request_id=submit.request_id)
+    # From here the session's sweep sees to it that the result, or JOB_LOST, reaches it. The
+    # job is placed whatever happens to this call: the session is told so, and without the
+    # expectation only the rare loss of the job's record would go unanswered.
+    try:
+        await outbox_expect(
+            session_id=fields.session_id, job_id=job_id, request_id=submit.request_id
+        )
+    except DependencyDown as exc:
+        logger.warning("job %s: accepted without its expectation: %s", job_id, exc)
     logger.debug("job %s accepted for request %s on node %s", job_id, submit.request_id, node_id)
     return Accepted(job_id, submit.request_id, node_id, duplicate=duplicate)
 
@@ -151,7 +168,11 @@ async def _maybe_placed(
     unplaced at its first check, which the session's sweep finds for its expectation.
     """
     submit = fields.submit
-    await outbox_expect(session_id=fields.session_id, job_id=job_id, request_id=submit.request_id)
+    # Past the submit's deadline by now, most likely: this one call gets a bound of its own.
+    with call_deadline(MAYBE_PLACED_EXPECT_S):
+        await outbox_expect(
+            session_id=fields.session_id, job_id=job_id, request_id=submit.request_id
+        )
     logger.warning(
         "job %s: accepted while its placement on %s is unknown: %s", job_id, node_id, error
     )
