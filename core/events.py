@@ -50,11 +50,14 @@ class JobAssignEvent(Event):
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class JobCancelEvent(Event):
-    """To a node's socket: send this ``job_cancel``."""
+    """To a node's socket: send this ``job_cancel``; then, if ``owed`` names them, give the
+    node's slot back and settle those follow-ups on the job (the socket does it, after the
+    frame: so no job sent to the node later can overtake the cancel)."""
 
     type: ClassVar[str] = "job.cancel"
     job_id: str
     frame: str
+    owed: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

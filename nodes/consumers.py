@@ -79,7 +79,11 @@ class NodeConsumer(PeerConsumer):
         await self.send_raw(JobAssignEvent.of(message).frame)
 
     async def job_cancel(self, message: dict[str, Any]) -> None:
-        await self.send_raw(JobCancelEvent.of(message).frame)
+        event = JobCancelEvent.of(message)
+        await self.send_raw(event.frame)
+        if event.owed:
+            # After the frame: a job sent to this node from now on comes after the cancel.
+            await nodes.node_job_stopped(node_id=self.node_id, job_id=event.job_id, owed=event.owed)
 
     async def peer_replaced(self, message: dict[str, Any]) -> None:
         logger.info(

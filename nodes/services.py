@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from enum import StrEnum
 
 from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
@@ -14,7 +16,9 @@ from core.credentials import secret_display_prefix, secret_hash, secret_new
 from core.errors import BadMessage, Unauthorized
 from core.events import JobCancelEvent, event_send
 from core.runtime import INSTANCE_ID
-from hotstate import instances
+from hotstate import codes as hcodes
+from hotstate import instances, slots
+from hotstate import jobs as hjobs
 from hotstate import nodes as hnodes
 from hotstate.client import build_client
 from hotstate.directory import NodeView
@@ -235,16 +239,45 @@ async def node_drain_request(*, node_id: str, channel: str) -> None:
     snapshot_get().note_drained(node_id)
 
 
-async def node_job_cancel(*, node_id: str, frame: NodeJobCancel) -> bool:
-    """Tell the node's socket to send ``job_cancel``; False if it could not be told.
+class Told(StrEnum):
+    """What became of a ``job_cancel`` for a node."""
 
-    A node offline now needs no telling (True): it runs nothing of ours. A socket whose channel
-    refused the notice (full, or its process stalled) may still be running the job.
+    TOLD = "TOLD"  # queued to the node's socket, which sends it and then frees the slot
+    OFFLINE = "OFFLINE"  # no socket holds the node: nothing to tell, the slot is free to go
+    UNREACHABLE = "UNREACHABLE"  # its socket's channel refused it (full, or stalled): try again
+
+
+async def node_job_cancel(
+    *, node_id: str, frame: NodeJobCancel, owed: Mapping[str, str] | None = None
+) -> Told:
+    """Tell the node's socket to send ``job_cancel`` and, after it, to settle ``owed``.
+
+    ``owed``: the job's follow-ups the socket settles once the frame is out (the cancel, and the
+    release of the node's slot). Freed any earlier, the slot could take a new job that reaches
+    the node before the cancel does (the new job's ``job_assign`` may come from the socket's
+    own process, the cancel through a stalled Redis stream): one job too many on the node.
     """
     channel = await hnodes.node_channel(node_id=node_id)
     if not channel:
-        return True
-    return await event_send(channel, JobCancelEvent(job_id=frame.job_id, frame=dump(frame)))
+        return Told.OFFLINE
+    event = JobCancelEvent(job_id=frame.job_id, frame=dump(frame), owed=dict(owed or {}))
+    return Told.TOLD if await event_send(channel, event) else Told.UNREACHABLE
+
+
+async def node_job_stopped(*, node_id: str, job_id: str, owed: Mapping[str, str]) -> None:
+    """The node's socket sent ``job_cancel``: free the job's slot, settle the follow-ups.
+
+    Releasing twice is harmless; a failure leaves them owed, and the job's sweep sends the
+    cancel again.
+    """
+    try:
+        released = await slots.slot_release(node_id=node_id, job_id=job_id)
+        snapshot_get().note_released(node_id, live=released.live)
+        await hjobs.job_settle(job_id=job_id, done=owed)
+    except (DependencyDown, hcodes.JobNotFound) as exc:
+        logger.warning(
+            "node %s: job %s stopped; settling left to the sweep: %s", node_id, job_id, exc
+        )
 
 
 async def directory_prune() -> None:

@@ -24,7 +24,7 @@ from hotstate.errors import DependencyDown
 from hotstate.jobs import JobState, JobView
 from jobs.history import history_record
 from jobs.selectors import route_forget
-from nodes.services import node_job_cancel
+from nodes.services import Told, node_job_cancel
 from nodes.snapshot import snapshot_get
 from protocol import ErrorCode, NodeJobCancel
 from sessions.delivery import result_deliver_to
@@ -44,11 +44,12 @@ async def job_followups(*, job_id: str) -> JobView | None:
     """Do what the job's moves left owed, mark each done; the job as read, or None if gone.
 
     1. Tell each node to stop (``owe:cancel:<node>``); a node ignores a cancel it does not need.
+       The node's socket sends the frame, then gives the node's slot back and settles both.
        On an end (``owe:deliver``), meanwhile: put the result in every subscriber's outbox
        (stored once per session, so redoing it cannot deliver twice), forget the route, record
        the history.
-    2. Give back each node's slot (``owe:rel:<node>``; releasing twice is harmless), once that
-       node has been told to stop: a node that could not be told keeps its slot until it is.
+    2. Give back the slots of nodes that need no telling (``owe:rel:<node>``: the node ended the
+       job itself, or is offline); releasing twice is harmless.
     3. Settle what was done. An ended job with nothing owed any more needs no timer.
 
     A follow-up that fails stays owed; its error is raised after the others ran, and the job's
@@ -83,24 +84,41 @@ async def _do_owed(job: JobView) -> int:
     """Do the owed follow-ups; settle the done ones; how many are still owed. Raises the first
     unexpected error, once the others ran and the timer is brought forward.
 
-    A node's slot is given back only once the node has been told to stop (if it had to be):
-    released first, it could be filled while the node still runs the job it was not told about.
+    A node that must be told to stop gets its slot back from its own socket, after the
+    ``job_cancel`` frame (``nodes.services.node_job_cancel``): freed any earlier, the slot could
+    take a job that reaches the node before the cancel. Until the socket settles both, they
+    stay owed, and the sweep tells the node again (a repeated cancel is harmless).
     """
+    cancels = [name for name in job.owed if name.startswith(OWE_CANCEL)]
+    told = {name.removeprefix(OWE_CANCEL): name for name in cancels}
     first = [name for name in job.owed if not name.startswith(OWE_RELEASE)]
-    done, failed = await _run(job, first)
-    untold = {
-        name.removeprefix(OWE_CANCEL)
-        for name in first
-        if name.startswith(OWE_CANCEL) and name not in done
-    }
+    outcomes = await _run(job, first)
+    done: dict[str, str] = {}
+    failed: list[BaseException] = []
+    free_here: set[str] = set()
+    for name, outcome in zip(first, outcomes, strict=True):
+        if isinstance(outcome, BaseException):
+            failed.append(outcome)
+        elif outcome is Told.OFFLINE:
+            done[name] = job.owed[name]
+            free_here.add(name.removeprefix(OWE_CANCEL))
+        elif outcome is None:
+            done[name] = job.owed[name]
+        # TOLD: the node's socket settles it; UNREACHABLE: still owed.
     releases = [
         name
         for name in job.owed
-        if name.startswith(OWE_RELEASE) and name.removeprefix(OWE_RELEASE) not in untold
+        if name.startswith(OWE_RELEASE)
+        and (
+            name.removeprefix(OWE_RELEASE) not in told
+            or name.removeprefix(OWE_RELEASE) in free_here
+        )
     ]
-    released, release_failed = await _run(job, releases)
-    done |= released
-    failed += release_failed
+    for name, outcome in zip(releases, await _run(job, releases), strict=True):
+        if isinstance(outcome, BaseException):
+            failed.append(outcome)
+        else:
+            done[name] = job.owed[name]
     try:
         owed = await hjobs.job_settle(job_id=job.job_id, done=done) if done else len(job.owed)
     except hcodes.JobNotFound:
@@ -112,28 +130,24 @@ async def _do_owed(job: JobView) -> int:
     return owed
 
 
-async def _run(job: JobView, names: list[str]) -> tuple[dict[str, str], list[BaseException]]:
-    """Run follow-ups concurrently: the done ones (field -> value seen), and the errors."""
-    outcomes = await asyncio.gather(
-        *(_followup(job, name) for name in names), return_exceptions=True
-    )
-    done = {
-        name: job.owed[name]
-        for name, outcome in zip(names, outcomes, strict=True)
-        if outcome is not False and not isinstance(outcome, BaseException)
-    }
-    failed = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
-    return done, failed
+async def _run(job: JobView, names: list[str]) -> list[object]:
+    """Run follow-ups concurrently; each one's outcome, or the exception it raised."""
+    return await asyncio.gather(*(_followup(job, name) for name in names), return_exceptions=True)
 
 
-def _followup(job: JobView, name: str) -> Awaitable[bool | None]:
-    """One follow-up; it returns False when it could not be done now, without an error."""
+def _followup(job: JobView, name: str) -> Awaitable[Told | None]:
+    """One follow-up: None when done, or what became of a node's cancel."""
     if name.startswith(OWE_RELEASE):
         return _release(job, node_id=name.removeprefix(OWE_RELEASE))
     if name.startswith(OWE_CANCEL):
+        node_id = name.removeprefix(OWE_CANCEL)
         attempt, _, reason = job.owed[name].partition(":")
         cancel = NodeJobCancel(job_id=job.job_id, attempt=int(attempt), reason=ErrorCode(reason))
-        return node_job_cancel(node_id=name.removeprefix(OWE_CANCEL), frame=cancel)
+        release = OWE_RELEASE + node_id
+        owed = {name: job.owed[name]}
+        if release in job.owed:
+            owed[release] = job.owed[release]
+        return node_job_cancel(node_id=node_id, frame=cancel, owed=owed)
     if name == OWE_DELIVER:
         return _deliver(job)
     raise ValueError(f"job {job.job_id}: unknown follow-up {name!r}")

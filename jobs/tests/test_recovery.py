@@ -26,6 +26,7 @@ from hotstate.jobs import JobState
 from jobs import services as jobs
 from jobs.services import endings, submit
 from jobs.services.reports import MnaEdge
+from nodes.services import Told
 from protocol import ErrorCode, JobSubmit, ServiceRef
 from sessions import delivery
 from tests.support.inprocess import (
@@ -248,10 +249,10 @@ async def test_a_node_that_could_not_be_told_to_stop_keeps_its_slot_until_it_is(
     original = endings.node_job_cancel
     told: list[bool] = []
 
-    async def unreachable_once(**kwargs: Any) -> bool:
+    async def unreachable_once(**kwargs: Any) -> Told:
         if not told:
             told.append(False)
-            return False
+            return Told.UNREACHABLE
         told.append(True)
         return await original(**kwargs)
 
@@ -357,3 +358,45 @@ async def test_a_job_whose_dispatch_did_not_apply_ends_with_a_result_for_its_ses
     assert (result["job_id"], result["ok"]) == (accepted["job_id"], False)
     assert result["error"]["code"] == "NO_AVAILABLE_NODE"
     assert await session.nothing(1.5)
+
+
+async def test_a_cancel_stalled_on_its_way_to_the_node_keeps_the_slot_until_it_is_sent(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Seen under CLIENT PAUSE: the cancel was queued (its stream write succeeded) but the node's
+    instance could not read it yet, the slot was freed meanwhile, and a new job_assign sent
+    straight from the node's own process overtook the cancel: five jobs on a four-slot node."""
+    node_id, node = await online_node("gpu", max_jobs=1)
+    _, session = await online_session(await new_api_key("acme"))
+    assign = await accepted_job(session, node, "r-1")
+    layer = get_channel_layer()
+    original = layer.send
+    held: list[tuple[str, dict[str, Any]]] = []
+
+    async def send(channel: str, message: dict[str, Any]) -> None:
+        if message["type"] == "job.cancel":
+            held.append((channel, message))  # queued, not yet read by the node's socket
+            return
+        await original(channel, message)
+
+    monkeypatch.setattr(layer, "send", send)
+    await jobs.job_cancel(tenant="acme", job_id=assign["job_id"])
+    assert held, "the cancel went out"
+    assert not await slot_free(node_id, assign["job_id"]), "freed before the node was told"
+    assert (await submit_and_answer(session, "r-2"))["type"] == "job_rejected"
+    monkeypatch.undo()
+    for channel, message in held[:1]:
+        await layer.send(channel, message)
+    assert (await node.receive())["type"] == "job_cancel"
+    await eventually(lambda: slot_free(node_id, assign["job_id"]))
+    second = await submit_and_answer(session, "r-3")
+    assert second["type"] == "job_accepted", second
+    assert (await node.receive_type("job_assign"))["job_id"] == second["job_id"]
+
+
+async def submit_and_answer(session: Any, request_id: str) -> dict[str, Any]:
+    await session.send(submit_frame(request_id))
+    while True:
+        frame: dict[str, Any] = await session.receive()
+        if frame.get("request_id") == request_id and frame["type"] != "job_result":
+            return frame
