@@ -22,6 +22,7 @@ from hotstate import slots as hslots
 from hotstate import timers as htimers
 from hotstate.errors import DependencyDown
 from hotstate.jobs import JobState, JobView
+from hotstate.nodes import reservation_ttl_ms
 from jobs.history import history_record
 from jobs.selectors import route_forget
 from nodes.services import Told, node_job_cancel
@@ -49,7 +50,8 @@ async def job_followups(*, job_id: str) -> JobView | None:
        (stored once per session, so redoing it cannot deliver twice), forget the route, record
        the history.
     2. Give back the slots of nodes that need no telling (``owe:rel:<node>``: the node ended the
-       job itself, or is offline); releasing twice is harmless.
+       job itself); releasing twice is harmless. An offline node is told (and freed) once it is
+       back, or left to its reservation's expiry.
     3. Settle what was done. An ended job with nothing owed any more needs no timer.
 
     A follow-up that fails stays owed; its error is raised after the others ran, and the job's
@@ -95,24 +97,26 @@ async def _do_owed(job: JobView) -> int:
     outcomes = await _run(job, first)
     done: dict[str, str] = {}
     failed: list[BaseException] = []
-    free_here: set[str] = set()
     for name, outcome in zip(first, outcomes, strict=True):
         if isinstance(outcome, BaseException):
             failed.append(outcome)
-        elif outcome is Told.OFFLINE:
+        elif outcome is Told.OFFLINE and now_ms() - job.updated_ms >= reservation_ttl_ms():
+            # Offline since the move for longer than a reservation lives: its slot has expired
+            # by itself (its heartbeats would have kept it only while it ran the job).
             done[name] = job.owed[name]
-            free_here.add(name.removeprefix(OWE_CANCEL))
+            release = OWE_RELEASE + name.removeprefix(OWE_CANCEL)
+            if release in job.owed:
+                done[release] = job.owed[release]
+        # OFFLINE (lately): no socket holds the node in Redis' eyes, yet it may still run the
+        # job (its presence lapsed while Redis stalled its heartbeats, or it is reconnecting):
+        # both stay owed, and it is told, then freed, once it is back. TOLD: the node's socket
+        # settles both. UNREACHABLE: both stay owed.
         elif outcome is None:
             done[name] = job.owed[name]
-        # TOLD: the node's socket settles it; UNREACHABLE: still owed.
     releases = [
         name
         for name in job.owed
-        if name.startswith(OWE_RELEASE)
-        and (
-            name.removeprefix(OWE_RELEASE) not in told
-            or name.removeprefix(OWE_RELEASE) in free_here
-        )
+        if name.startswith(OWE_RELEASE) and name.removeprefix(OWE_RELEASE) not in told
     ]
     for name, outcome in zip(releases, await _run(job, releases), strict=True):
         if isinstance(outcome, BaseException):

@@ -19,6 +19,7 @@ from core.runtime import now_ms
 from core.state import STATE
 from hotstate import jobs as hjobs
 from hotstate import keys
+from hotstate import nodes as hnodes
 from hotstate import slots as hslots
 from hotstate.client import get_client
 from hotstate.errors import DependencyDown
@@ -34,6 +35,8 @@ from tests.support.inprocess import (
     eventually,
     job_state,
     new_api_key,
+    new_node,
+    node_peer,
     online_node,
     online_session,
     reply,
@@ -400,3 +403,27 @@ async def submit_and_answer(session: Any, request_id: str) -> dict[str, Any]:
         frame: dict[str, Any] = await session.receive()
         if frame.get("request_id") == request_id and frame["type"] != "job_result":
             return frame
+
+
+async def test_a_node_offline_when_its_job_ended_is_told_and_freed_once_it_is_back() -> None:
+    """Its presence lapsed (a stalled Redis held up its heartbeats, or it is reconnecting): it
+    may still run the job, so its slot waits for it to be told, not freed under it."""
+    node_id, token = await new_node("gpu")
+    node, registered = await node_peer(token, max_jobs=1)
+    assert registered["type"] == "node_registered"
+    _, session = await online_session(await new_api_key("acme"))
+    assign = await accepted_job(session, node, "r-1")
+    await node.close()
+    await eventually(lambda: node_gone(node_id))
+    await jobs.job_cancel(tenant="acme", job_id=assign["job_id"])
+    assert (await session.receive_type("job_result"))["error"]["code"] == "CANCELLED"
+    assert not await slot_free(node_id, assign["job_id"]), "freed while the node may run it"
+    back, registered = await node_peer(token, max_jobs=1)
+    assert registered["type"] == "node_registered"
+    cancel = await back.receive_type("job_cancel", timeout=10)
+    assert cancel["job_id"] == assign["job_id"]
+    await eventually(lambda: slot_free(node_id, assign["job_id"]))
+
+
+async def node_gone(node_id: str) -> bool:
+    return await hnodes.node_channel(node_id=node_id) is None
