@@ -13,6 +13,7 @@ other service's jobs instead.
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import pytest
 
@@ -26,7 +27,7 @@ STORM_RATE = 1000
 STORM_S = 12
 
 
-def scenario(served: Served, fault: str, *args: str, duration_s: float) -> dict:
+def scenario(served: Served, fault: str, *args: str, duration_s: float) -> dict[str, Any]:
     return run_scenario(
         served,
         "--fault", fault, *FAULT_AT, "--seed", "9", *args,
@@ -98,7 +99,7 @@ def test_a_model_not_available_storm_leaves_other_jobs_latency_alone(served: Ser
         )
 
 
-def storm_run(served: Served, *args: str, name: str) -> dict:
+def storm_run(served: Served, *args: str, name: str) -> dict[str, Any]:
     summary = run_scenario(
         served, *args, prefix="chaos-mna", duration_s=STORM_S, name=f"mna-storm {name}"
     )
