@@ -93,7 +93,9 @@ def storm_agent(url: str, token: str, *, service: str, options: dict[str, Any]) 
 @dataclass(frozen=True)
 class StormResult:
     """What a storm sent: ``sent`` reports from ``nodes`` nodes in ``seconds`` (from the first
-    report until the last node was done, or as asked if that was longer), and the ``RATE_LIMITED`` errors they got meanwhile."""
+    report until the last node was done, or as asked if that was longer), and the
+    ``RATE_LIMITED`` errors they got meanwhile (one arriving after the storm is not counted:
+    the storm process logs each)."""
 
     nodes: int
     sent: int
@@ -130,13 +132,21 @@ async def mna_storm(
 async def send_storm(
     agents: Sequence[NodeAgent], *, service: str, rate: float, seconds: float
 ) -> StormResult:
-    """``mna_storm()``'s sending, counted."""
+    """``mna_storm()``'s sending, counted. The agents' reports are interleaved (agent ``i``
+    starts ``i/n`` of an interval late), as independent nodes' would be, not sent in bursts."""
     limited_before = _rate_limited(agents)
     started = time.monotonic()
-    per_agent = rate / len(agents) if agents else 0.0
-    sent = await asyncio.gather(*(_report(agent, service, per_agent, seconds) for agent in agents))
+    end = started + seconds
+    count = len(agents)
+    interval = count / rate if rate > 0 else math.inf
+    sent = await asyncio.gather(
+        *(
+            _report(agent, service, first=started + interval * i / count, every=interval, end=end)
+            for i, agent in enumerate(agents)
+        )
+    )
     return StormResult(
-        nodes=len(agents),
+        nodes=count,
         sent=sum(sent),
         # Not less than asked: the last report goes out an interval before the end.
         seconds=max(time.monotonic() - started, seconds),
@@ -148,16 +158,11 @@ def _rate_limited(agents: Sequence[NodeAgent]) -> int:
     return sum(a.stats.errors_received.get(p.ErrorCode.RATE_LIMITED, 0) for a in agents)
 
 
-async def _report(agent: NodeAgent, service: str, rate: float, seconds: float) -> int:
-    if rate <= 0:
-        return 0
-    interval = 1 / rate
-    start = time.monotonic()
+async def _report(agent: NodeAgent, service: str, *, first: float, every: float, end: float) -> int:
+    """Reports from ``agent`` at ``first``, ``first + every``, ... before ``end``; one that is
+    late goes out at once (the node catches up, within its burst allowance)."""
     sent = 0
-    while (due := start + sent * interval) < start + seconds:
-        now = time.monotonic()
-        if now >= start + seconds:
-            break
+    while (due := first + sent * every) < end and (now := time.monotonic()) < end:
         if due > now:
             await asyncio.sleep(due - now)
         with contextlib.suppress(Exception):  # a dropped connection: the storm goes on

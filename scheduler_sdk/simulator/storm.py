@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import protocol as p
 from scheduler_sdk.simulator.config import SimulationError
 from scheduler_sdk.simulator.faults import StormResult, send_storm, storm_agent
 
@@ -166,6 +167,9 @@ async def serve_storm(lines: asyncio.Queue[str | None], reply: Any) -> int:
             reply(result.as_dict())
     finally:
         await _stop_all(agents)
+        limited = sum(a.stats.errors_received.get(p.ErrorCode.RATE_LIMITED, 0) for a in agents)
+        if limited:  # late ones too: a server that fell behind sees a burst when it catches up
+            logger.warning("the storm nodes got %d RATE_LIMITED errors in all", limited)
     return 0
 
 
