@@ -3,8 +3,10 @@ the fake scheduler over real WebSockets."""
 
 from __future__ import annotations
 
+import os
 import re
 
+import psutil
 import pytest
 
 from scheduler_sdk.simulator import SimulationError
@@ -40,3 +42,13 @@ async def test_a_refused_token_fails_the_start(fake: FakeScheduler) -> None:
     with pytest.raises(SimulationError, match="could not connect"):
         await storm.start()
     assert storm.pid is None
+
+
+async def test_the_storm_process_runs_nicer_than_the_simulator(fake: FakeScheduler) -> None:
+    storm = StormProcess(fake.node_url, [NODE_TOKEN], service="storm", niceness=7)
+    try:
+        await storm.start()
+        assert storm.pid is not None
+        assert psutil.Process(storm.pid).nice() == os.nice(0) + 7
+    finally:
+        await storm.stop()
