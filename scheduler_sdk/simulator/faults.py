@@ -5,6 +5,10 @@ The simulator knows nothing of Redis or of the scheduler's processes: a fault it
 itself is an ``action`` handed to it (``manage.py simulate --fault`` hands it the faults of
 ``hotstate.faults``). Either way the run records the fault's window and judges, from the
 results, the rate before it, the latency during it and the time until the rate came back.
+
+The storm's sending (``send_storm``) runs in whichever process holds the storm nodes:
+``manage.py simulate`` keeps them in a process of their own (``simulator.storm``), so the storm
+does not slow down the loop that times the run's jobs; ``mna_storm`` sends from this one.
 """
 
 from __future__ import annotations
