@@ -5,12 +5,17 @@ The simulator knows nothing of Redis or of the scheduler's processes: a fault it
 itself is an ``action`` handed to it (``manage.py simulate --fault`` hands it the faults of
 ``hotstate.faults``). Either way the run records the fault's window and judges, from the
 results, the rate before it, the latency during it and the time until the rate came back.
+
+The storm's sending (``send_storm``) runs in whichever process holds the storm nodes:
+``manage.py simulate`` keeps them in a process of their own (``simulator.storm``), so the storm
+does not slow down the loop that times the run's jobs; ``mna_storm`` sends from this one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -89,35 +94,92 @@ def storm_agent(url: str, token: str, *, service: str, options: dict[str, Any]) 
     )
 
 
+@dataclass(frozen=True)
+class StormResult:
+    """What a storm sent: ``sent`` reports from ``nodes`` nodes in ``seconds`` (from the first
+    report until the last node was done, or as asked if that was longer), and the
+    ``RATE_LIMITED`` errors they got meanwhile (one arriving after the storm is not counted:
+    the storm process logs each)."""
+
+    nodes: int
+    sent: int
+    seconds: float
+    rate_limited: int
+
+    @property
+    def rate(self) -> float:
+        return self.sent / self.seconds if self.seconds > 0 else 0.0
+
+    def note(self, service: str) -> str:
+        return (
+            f"{self.nodes} storm node(s) sent {self.sent} model_not_available reports about "
+            f"{service} in {self.seconds:.1f} s ({self.rate:.0f}/s); "
+            f"{self.rate_limited} RATE_LIMITED errors"
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
 async def mna_storm(
     agents: Sequence[NodeAgent], *, service: str, rate: float, seconds: float
 ) -> list[str]:
     """Every agent reports ``model_not_available`` about ``service`` (naming no job), together
-    ``rate`` reports/s, for ``seconds``."""
+    ``rate`` reports/s, for ``seconds``; from this process's loop (``simulator.storm`` sends
+    them from a process of its own)."""
     if not agents:
         return ["no storm nodes: nothing sent"]
-    per_agent = rate / len(agents)
-    sent = await asyncio.gather(*(_report(agent, service, per_agent, seconds) for agent in agents))
-    total = sum(sent)
-    limited = sum(a.stats.errors_received.get(p.ErrorCode.RATE_LIMITED, 0) for a in agents)
-    return [
-        f"{len(agents)} storm node(s) sent {total} model_not_available reports about "
-        f"{service} in {seconds:g} s ({total / seconds:.0f}/s); {limited} RATE_LIMITED errors"
-    ]
+    result = await send_storm(agents, service=service, rate=rate, seconds=seconds)
+    return [result.note(service)]
 
 
-async def _report(agent: NodeAgent, service: str, rate: float, seconds: float) -> int:
-    interval = 1 / rate
-    start = time.monotonic()
+async def send_storm(
+    agents: Sequence[NodeAgent], *, service: str, rate: float, seconds: float
+) -> StormResult:
+    """``mna_storm()``'s sending, counted. The agents' reports are interleaved (agent ``i``
+    starts ``i/n`` of an interval late), as independent nodes' would be, not sent in bursts."""
+    limited_before = _rate_limited(agents)
+    started = time.monotonic()
+    end = started + seconds
+    count = len(agents)
+    interval = count / rate if rate > 0 else math.inf
+    sent = await asyncio.gather(
+        *(
+            _report(agent, service, first=started + interval * i / count, every=interval, end=end)
+            for i, agent in enumerate(agents)
+        )
+    )
+    return StormResult(
+        nodes=count,
+        sent=sum(sent),
+        # Not less than asked: the last report goes out an interval before the end.
+        seconds=max(time.monotonic() - started, seconds),
+        rate_limited=_rate_limited(agents) - limited_before,
+    )
+
+
+def _rate_limited(agents: Sequence[NodeAgent]) -> int:
+    return sum(a.stats.errors_received.get(p.ErrorCode.RATE_LIMITED, 0) for a in agents)
+
+
+async def _report(agent: NodeAgent, service: str, *, first: float, every: float, end: float) -> int:
+    """Reports from ``agent`` at ``first``, ``first + every``, ... before ``end``; one that is
+    late goes out at once (the node catches up, within its burst allowance)."""
     sent = 0
-    while (now := time.monotonic()) < start + seconds:
-        due = start + sent * interval
+    while (due := first + sent * every) < end and (now := time.monotonic()) < end:
         if due > now:
             await asyncio.sleep(due - now)
         with contextlib.suppress(Exception):  # a dropped connection: the storm goes on
             await agent.report_model_not_available(service, "storm")
             sent += 1
     return sent
+
+
+async def no_storm(seconds: float) -> list[str]:
+    """``mna-storm`` at 0 reports/s: nothing sent for ``seconds``. The storm test's baseline is
+    this, so that it is judged over the same window of the same run as the storm."""
+    await asyncio.sleep(seconds)
+    return [f"no storm: 0 model_not_available reports in {seconds:g} s (the baseline)"]
 
 
 # --- judging the run around the fault --------------------------------------------------------

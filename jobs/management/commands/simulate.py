@@ -37,8 +37,10 @@ from scheduler_sdk.simulator.faults import (
     MNA_STORM,
     FaultAction,
     ScheduledFault,
+    no_storm,
     storm_nodes_for,
 )
+from scheduler_sdk.simulator.storm import StormProcess
 from sessions.models import ApiKey
 from sessions.services import api_key_create, api_key_issue
 
@@ -185,7 +187,11 @@ class Command(BaseCommand):
         )
         parser.add_argument("--flaps", type=int, default=50, help="flap-node: drops (50)")
         parser.add_argument(
-            "--storm-rate", type=float, default=1000.0, help="mna-storm: reports/s (1000)"
+            "--storm-rate",
+            type=float,
+            default=1000.0,
+            help="mna-storm: reports/s (1000), sent from a process of its own; 0: none sent, "
+            "the baseline over the same window",
         )
         parser.add_argument("--json", type=Path, help="also write the summary to this file")
 
@@ -202,21 +208,16 @@ class Command(BaseCommand):
             # The SDK logs every connect and disconnect; the progress line says enough.
             logging.getLogger("scheduler_sdk").setLevel(logging.WARNING)
         fault = options["fault"]
-        storm_tokens: list[str] = []
-        if fault == MNA_STORM:
-            count = storm_nodes_for(options["storm_rate"])
-            names = [f"{options['prefix']}-storm-{n}" for n in range(1, count + 1)]
-            storm_tokens = node_tokens(names)
         simulator = Simulator(
             url,
             tokens,
             [key] * options["sessions"],
             config,
             agent_options={"backoff": FLAP_BACKOFF} if fault == FLAP_NODE else None,
-            storm_tokens=storm_tokens,
         )
+        storm = self._storm_process(simulator, options) if fault == MNA_STORM else None
         if fault:
-            simulator.fault = ScheduledFault(fault, self._fault_action(simulator, options))
+            simulator.fault = ScheduledFault(fault, self._fault_action(simulator, storm, options))
         if not options["quiet"]:
             self.stderr.write(
                 f"Simulating {options['nodes']} node(s) and {options['sessions']} session(s) "
@@ -224,7 +225,7 @@ class Command(BaseCommand):
             )
         try:
             summary = asyncio.run(
-                self._run(simulator, every=options["every"], quiet=options["quiet"])
+                self._run(simulator, storm, every=options["every"], quiet=options["quiet"])
             )
         except SimulationError as exc:
             raise CommandError(
@@ -239,15 +240,33 @@ class Command(BaseCommand):
                 f"{len(summary.problems)} problem(s) seen"
             )
 
-    def _fault_action(self, simulator: Simulator, options: dict[str, Any]) -> FaultAction:
+    def _storm_process(self, simulator: Simulator, options: dict[str, Any]) -> StormProcess | None:
+        """The ``mna-storm`` nodes, ``<prefix>-storm-1..N``, in a process of their own (none at
+        ``--storm-rate 0``, the baseline)."""
+        rate = options["storm_rate"]
+        if rate <= 0:
+            return None
+        count = storm_nodes_for(rate)
+        names = [f"{options['prefix']}-storm-{n}" for n in range(1, count + 1)]
+        return StormProcess(
+            simulator.node_url,
+            node_tokens(names),
+            service=simulator.config.storm_service,
+            connect_timeout_s=simulator.config.connect_timeout_s,
+        )
+
+    def _fault_action(
+        self, simulator: Simulator, storm: StormProcess | None, options: dict[str, Any]
+    ) -> FaultAction:
         """What ``--fault`` does; the blocking faults of ``hotstate.faults`` run in a thread."""
         name = options["fault"]
         seconds = options["fault_for"] or DEFAULT_FAULT_FOR_S.get(name, 0.0)
         if name == FLAP_NODE:
             return functools.partial(simulator.flap_node, times=options["flaps"])
         if name == MNA_STORM:
-            rate = options["storm_rate"]
-            return functools.partial(simulator.mna_storm, rate=rate, seconds=seconds)
+            if storm is None:
+                return functools.partial(no_storm, seconds)
+            return functools.partial(storm.storm, rate=options["storm_rate"], seconds=seconds)
         redis_url = settings.REDIS_CLUSTER_URL
         blocking = {
             faults.KILL_INSTANCE: functools.partial(faults.kill_instance, _port(options["url"])),
@@ -291,8 +310,12 @@ class Command(BaseCommand):
         except ValueError as exc:
             raise CommandError(str(exc)) from exc
 
-    async def _run(self, simulator: Simulator, *, every: float, quiet: bool) -> Summary:
-        """The simulation, with Ctrl-C to stop it and a progress line every ``every`` s."""
+    async def _run(
+        self, simulator: Simulator, storm: StormProcess | None, *, every: float, quiet: bool
+    ) -> Summary:
+        """The simulation, with Ctrl-C to stop it and a progress line every ``every`` s; the
+        storm's nodes (if any) are registered before the run's own connect, and stopped after
+        it."""
         loop = asyncio.get_running_loop()
         interrupts = 0
 
@@ -311,8 +334,12 @@ class Command(BaseCommand):
             handled = True
         ticker = None if quiet else asyncio.create_task(self._tick(simulator, every))
         try:
+            if storm is not None:
+                await storm.start()
             return await simulator.run()
         finally:
+            if storm is not None:
+                await storm.stop()
             if ticker is not None:
                 ticker.cancel()
             if handled:
