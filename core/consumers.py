@@ -21,6 +21,7 @@ import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, ClassVar, Protocol
 
+from channels.consumer import get_handler_name
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
@@ -137,6 +138,19 @@ class PeerConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
 
     authenticated: bool = False
     closing: bool = False
+
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        """Call the message's handler, without channels' ``aclose_old_connections()`` first.
+
+        Channels runs that on every message, a hop to a thread that Django's request cycle needs
+        and a socket does not: these consumers reach the database only through
+        ``database_sync_to_async``, which closes old connections itself. Measured under a storm
+        of ``model_not_available`` frames, the hop was 28 % of a daphne's busy time.
+        """
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"no handler for message type {message['type']}")
+        await handler(message)
 
     # --- life cycle -------------------------------------------------------------------------
 
