@@ -136,6 +136,12 @@ def _timeout() -> float:
     return min(_call_timeout, left)
 
 
+def call_timeout() -> float:
+    """The bound a call that is not a script's (a channel-layer send) should keep to now: the
+    same as a script call's. Raises ``DependencyDown`` if the caller's deadline has passed."""
+    return _timeout()
+
+
 _deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
     "hotstate_deadline", default=None
 )

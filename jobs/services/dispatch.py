@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -19,6 +20,7 @@ from hotstate import slots as hslots
 from hotstate import timers as htimers
 from hotstate.errors import DependencyDown
 from hotstate.jobs import JobState, JobView
+from hotstate.scripts import call_timeout
 from jobs.selectors import route_forget
 from jobs.services.endings import job_end, job_followups_now
 from nodes.selectors import node_candidates
@@ -108,7 +110,7 @@ async def job_dispatch(*, job: JobView, exclude: Collection[str]) -> str | None:
             await htimers.timer_arm(
                 job_id=job.job_id, due_ms=min(job.deadline_ms, now_ms() + ack_timeout_ms())
             )
-        sent = await event_send(
+        sent = await _send_within_deadline(
             node.channel, JobAssignEvent(job_id=job.job_id, attempt=job.attempt, frame=dump(frame))
         )
         if not sent:
@@ -158,6 +160,19 @@ async def job_reject(*, tenant: str, request_id: str, job_id: str) -> bool:
         return False
     await hjobs.request_release(tenant=tenant, request_id=request_id, job_id=job_id)
     return True
+
+
+async def _send_within_deadline(channel: str, event: JobAssignEvent) -> bool:
+    """``event_send`` bounded like a Redis call of the submit (``call_deadline``); past it, the
+    assign counts as not sent (it may still arrive: the node's ack is then fenced or welcome)."""
+    try:
+        async with asyncio.timeout(call_timeout()):
+            return await event_send(channel, event)
+    except (TimeoutError, DependencyDown):
+        logger.warning(
+            "job %s: job_assign to %s not sent within the deadline", event.job_id, channel
+        )
+        return False
 
 
 def ack_timeout_ms() -> int:
