@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -24,7 +25,10 @@ from typing import Any
 
 import psutil
 import pytest
+from django.test import override_settings
+from redis.cluster import RedisCluster
 
+from hotstate import keys
 from hotstate.localcluster import DEFAULT_BASE_PORT, LocalCluster
 from tests.e2e.harness.deployment import Deployment
 from tests.e2e.harness.processes import ROOT, kill_tree, tail, wait_answering
@@ -139,8 +143,46 @@ def run_scenario(
     assert out.exists(), f"simulate wrote no summary:\n{done.stdout}\n{done.stderr[-3000:]}"
     summary: dict[str, Any] = json.loads(out.read_text())
     summary["took_s"] = took
-    summary["rendered"] = done.stdout
+    summary["rendered"] = done.stdout + explain_missing(served, summary)
     return summary
+
+
+def explain_missing(served: Served, summary: dict[str, Any]) -> str:
+    """Where each job the books call missing stands in Redis now (its record, owed follow-ups
+    and each subscriber's outbox), read before the deployment's keys are deleted: a failure
+    then says which step stopped."""
+    job_ids = [
+        match.group(1)
+        for violation in summary.get("violations", [])
+        if violation["kind"] == "missing_result"
+        and (match := re.search(r"job (j_[0-9a-f]+)", violation["detail"]))
+    ]
+    if not job_ids:
+        return ""
+    client = RedisCluster.from_url(served.cluster.url, decode_responses=True)
+    lines = ["", "missing jobs, as Redis has them now:"]
+    try:
+        with override_settings(HOTSTATE_PREFIX=served.deployment.hot_prefix):
+            for job_id in job_ids:
+                record = client.hgetall(keys.job_record(job_id))
+                shown = {k: v for k, v in record.items() if k not in ("payload", "result")}
+                lines.append(f"  {job_id}: {shown or 'no record'}")
+                for session in client.smembers(keys.job_subscribers(job_id)) or ():
+                    if not session:
+                        continue
+                    outbox = client.hexists(keys.session_outbox(session), job_id)
+                    taken = client.zscore(keys.session_taken(session), job_id)
+                    expected = client.zscore(keys.session_expected(session), job_id)
+                    lines.append(
+                        f"    session {session}: in outbox {outbox}, taken at {taken}, "
+                        f"expected (next check) {expected}, "
+                        f"owner {client.get(keys.session_owner(session))}"
+                    )
+    except Exception as exc:  # a diagnosis must not hide the failure it explains
+        lines.append(f"  (could not read: {exc!r})")
+    finally:
+        client.close()
+    return "\n".join(lines)
 
 
 def assert_nothing_lost(summary: dict[str, Any]) -> None:
