@@ -22,7 +22,7 @@ from hotstate.errors import DependencyDown
 from hotstate.jobs import JobState, JobView
 from hotstate.scripts import call_timeout
 from jobs.selectors import route_forget
-from jobs.services.endings import job_end, job_followups_now
+from jobs.services.endings import UNFINISHED, job_end, job_followups_now
 from nodes.selectors import node_candidates
 from nodes.snapshot import snapshot_get
 from protocol import ErrorCode, JobAssign, ServiceRef, dump
@@ -173,6 +173,42 @@ async def _send_within_deadline(channel: str, event: JobAssignEvent) -> bool:
             "job %s: job_assign to %s not sent within the deadline", event.job_id, channel
         )
         return False
+
+
+async def job_withdraw(*, tenant: str, request_id: str, job_id: str) -> bool:
+    """End a job whose submit was answered ``job_rejected`` although Redis may have placed it
+    (the move to DISPATCHED went unanswered, and so did the session's expectation): FAILED at
+    whatever attempt it has reached, its result owed to nobody, its node told to stop, its
+    request id freed. False if it had ended first (its result then went to its subscribers).
+    """
+    job = await hjobs.job_get(job_id=job_id)
+    for _ in range(5):
+        if job is None:
+            await hjobs.request_release(tenant=tenant, request_id=request_id, job_id=job_id)
+            return True
+        if job.state.terminal:
+            return False
+        try:
+            await hjobs.job_transition(
+                job_id=job_id,
+                attempt=job.attempt,
+                to=JobState.FAILED,
+                from_states=UNFINISHED,
+                error_code=ErrorCode.DEPENDENCY_DOWN,
+                error_message="withdrawn: its submit was rejected",
+                deliver=False,
+            )
+        except (hcodes.StaleAttempt, hcodes.BadState):
+            job = await hjobs.job_get(job_id=job_id)
+            continue
+        except hcodes.JobNotFound:
+            job = None
+            continue
+        await job_followups_now(job_id=job_id)
+        await hjobs.request_release(tenant=tenant, request_id=request_id, job_id=job_id)
+        logger.warning("job %s withdrawn: its submit was rejected while Redis stalled", job_id)
+        return True
+    return False
 
 
 def ack_timeout_ms() -> int:

@@ -3,23 +3,31 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from django.conf import settings
 
 from core.credentials import id_new
 from core.errors import BadMessage, NoAvailableNode, PayloadTooLarge
 from core.runtime import now_ms
+from core.state import STATE
 from hotstate import codes as hcodes
 from hotstate import jobs as hjobs
 from hotstate import timers as htimers
 from hotstate.errors import DependencyDown
 from hotstate.jobs import JobState, JobView
 from hotstate.scripts import call_deadline
-from jobs.services.dispatch import MaybePlaced, ack_timeout_ms, job_dispatch, job_reject
+from jobs.services.dispatch import (
+    MaybePlaced,
+    ack_timeout_ms,
+    job_dispatch,
+    job_reject,
+    job_withdraw,
+)
 from nodes.snapshot import snapshot_get
 from protocol import ErrorCode, JobSubmit, ServiceRef
 from sessions.delivery import outbox_expect, result_deliver_to
@@ -30,6 +38,9 @@ logger = logging.getLogger(__name__)
 DUPLICATE_WAIT_S = 3.0
 # The bound of the one call that decides a submit whose placement Redis left unanswered.
 MAYBE_PLACED_EXPECT_S = 2.0
+# How long, and how often, a job placed for a rejected submit is retried to be withdrawn.
+WITHDRAW_FOR_S = 60.0
+WITHDRAW_RETRY_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -165,18 +176,55 @@ async def _maybe_placed(
 
     Either way the session then gets a result: the job's own if it was placed (its ack timer
     fails it over to a node that answers), or, if it was not, the quiet failure of a job left
-    unplaced at its first check, which the session's sweep finds for its expectation.
+    unplaced at its first check, which the session's sweep finds for its expectation. If the
+    expectation cannot be recorded either, the session is told job_rejected, and the job is
+    withdrawn once Redis answers (``job_withdraw``), so that it does not run after all.
     """
     submit = fields.submit
-    # Past the submit's deadline by now, most likely: this one call gets a bound of its own.
-    with call_deadline(MAYBE_PLACED_EXPECT_S):
-        await outbox_expect(
-            session_id=fields.session_id, job_id=job_id, request_id=submit.request_id
-        )
+    try:
+        # Past the submit's deadline by now, most likely: this one call gets a bound of its own.
+        with call_deadline(MAYBE_PLACED_EXPECT_S):
+            await outbox_expect(
+                session_id=fields.session_id, job_id=job_id, request_id=submit.request_id
+            )
+    except DependencyDown:
+        # The session is told job_rejected: the job must not run, if Redis placed it.
+        _withdraw_later(tenant=fields.tenant, request_id=submit.request_id, job_id=job_id)
+        raise
     logger.warning(
         "job %s: accepted while its placement on %s is unknown: %s", job_id, node_id, error
     )
     return Accepted(job_id, submit.request_id, node_id)
+
+
+@dataclass
+class Withdrawals:
+    """Jobs being withdrawn in the background (a part of ``STATE``): the tasks, held."""
+
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+
+def _withdraw_later(*, tenant: str, request_id: str, job_id: str) -> None:
+    """``job_withdraw`` once Redis answers again: retried for WITHDRAW_FOR_S, in a task of its
+    own, outside the submit's deadline (a fresh context)."""
+
+    async def withdraw() -> None:
+        loop = asyncio.get_running_loop()
+        until = loop.time() + WITHDRAW_FOR_S
+        while True:
+            try:
+                await job_withdraw(tenant=tenant, request_id=request_id, job_id=job_id)
+                return
+            except DependencyDown as exc:
+                if loop.time() >= until:
+                    logger.error("job %s: could not be withdrawn: %s", job_id, exc)
+                    return
+                await asyncio.sleep(WITHDRAW_RETRY_S)
+
+    tasks = STATE.part(Withdrawals).tasks
+    task = asyncio.get_running_loop().create_task(withdraw(), context=contextvars.Context())
+    tasks.add(task)
+    task.add_done_callback(tasks.discard)
 
 
 async def _placed_elsewhere(*, tenant: str, request_id: str, job_id: str) -> str | None:

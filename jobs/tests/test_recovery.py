@@ -427,3 +427,31 @@ async def test_a_node_offline_when_its_job_ended_is_told_and_freed_once_it_is_ba
 
 async def node_gone(node_id: str) -> bool:
     return await hnodes.node_channel(node_id=node_id) is None
+
+
+async def test_a_job_rejected_while_its_placement_was_unknown_is_withdrawn(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Seen with the whole cluster frozen: the move to DISPATCHED and the session's expectation
+    both went unanswered, the session was told job_rejected, and Redis then ran the move: the
+    job ran and its result reached a session told it was never created."""
+    node_id, node = await online_node("gpu", max_jobs=1)
+    _, session = await online_session(await new_api_key("acme"))
+    dispatch_unanswered(monkeypatch, applied=True)
+    original = submit.outbox_expect
+
+    async def expect_unanswered(**kwargs: Any) -> None:
+        raise DependencyDown("session_result_expect: TimeoutError (injected)")
+
+    monkeypatch.setattr(submit, "outbox_expect", expect_unanswered)
+    rejected = await submit_and_answer(session, "r-1")
+    assert (rejected["type"], rejected["code"]) == ("job_rejected", "DEPENDENCY_DOWN")
+    monkeypatch.setattr(submit, "outbox_expect", original)
+    cancel = await node.receive_type("job_cancel", timeout=5)
+    job = await hjobs.job_get(job_id=cancel["job_id"])
+    assert job is not None and job.state is JobState.FAILED
+    await eventually(lambda: slot_free(node_id, cancel["job_id"]))
+    assert await session.nothing(0.5), "a result for a rejected submit"
+    # The request id is free: a retry is a new job.
+    again = await submit_and_answer(session, "r-1")
+    assert again["type"] == "job_accepted" and again["job_id"] != cancel["job_id"]
