@@ -148,19 +148,19 @@ def run_scenario(
 
 
 def explain_missing(served: Served, summary: dict[str, Any]) -> str:
-    """Where each job the books call missing stands in Redis now (its record, owed follow-ups
-    and each subscriber's outbox), read before the deployment's keys are deleted: a failure
-    then says which step stopped."""
+    """Where each job the books call missing (or unexpected) stands in Redis now (its record,
+    owed follow-ups and each subscriber's outbox), read before the deployment's keys are
+    deleted: a failure then says which step stopped."""
     job_ids = [
         match.group(1)
         for violation in summary.get("violations", [])
-        if violation["kind"] == "missing_result"
+        if violation["kind"] in ("missing_result", "unexpected_result")
         and (match := re.search(r"job (j_[0-9a-f]+)", violation["detail"]))
     ]
     if not job_ids:
         return ""
     client = RedisCluster.from_url(served.cluster.url, decode_responses=True)
-    lines = ["", "missing jobs, as Redis has them now:"]
+    lines = ["", "missing or unexpected jobs, as Redis has them now:"]
     try:
         with override_settings(HOTSTATE_PREFIX=served.deployment.hot_prefix):
             for job_id in job_ids:
