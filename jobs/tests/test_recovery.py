@@ -134,7 +134,7 @@ async def test_a_job_whose_submitter_crashed_between_create_and_dispatch_ends_qu
     settings.REDIS_SOCKET_TIMEOUT = 0.5
     _, node = await online_node("gpu")
 
-    async def crash(**kwargs: Any) -> None:
+    async def crash(*args: Any, **kwargs: Any) -> None:
         raise RuntimeError("the process died here")
 
     monkeypatch.setattr(submit, "_dispatch_first", crash)
