@@ -88,7 +88,7 @@ async def _worker(
         if with_create:
             await create(claim.job_id)
         reservation = await slot_reserve(
-            node_id=node_id, job_id=claim.job_id, service_id="asr", client=client
+            node_id=node_id, job_id=claim.job_id, attempt=1, service_id="asr", client=client
         )
         assert reservation.ok, reservation
         await job_transition(
@@ -110,7 +110,7 @@ async def _worker(
                     noop_sha, 1, request_binding("bench", job_id), job_id, job_id, 60_000
                 )
                 await client.evalsha(
-                    noop_sha, 4, *node_slot_keys(node_id), job_id, 30_000, "svc:asr", "asr", ""
+                    noop_sha, 5, *node_slot_keys(node_id), job_id, 30_000, "svc:asr", "asr", "", 1
                 )
                 await client.evalsha(
                     noop_sha,

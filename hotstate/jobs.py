@@ -321,6 +321,9 @@ async def job_get(*, job_id: str, client: RedisCluster | None = None) -> JobView
 
 
 OWED_PREFIX = "owe:"
+OWE_RELEASE = "owe:rel:"  # + node id = the attempt whose slot on that node is to be freed
+OWE_CANCEL = "owe:cancel:"  # + node id = "attempt:reason" of the job_cancel the node is owed
+OWE_DELIVER = "owe:deliver"  # = "1": the result is owed to the subscribers
 
 
 async def job_settle(

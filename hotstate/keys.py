@@ -104,6 +104,12 @@ def node_reservations(node_id: str) -> str:
     return f"{prefix()}:{{n:{_part(node_id)}}}:reservations"
 
 
+def node_holders(node_id: str) -> str:
+    """Hash: job_id -> the attempt its reservation is for (a late release of an older attempt
+    must not free a newer one's slot)."""
+    return f"{prefix()}:{{n:{_part(node_id)}}}:holders"
+
+
 def node_unavailable(node_id: str) -> str:
     """Sorted set: service mark (``id`` or ``id@version``) -> expiry in epoch ms."""
     return f"{prefix()}:{{n:{_part(node_id)}}}:unavailable"
@@ -119,19 +125,21 @@ def node_mna_dropped(node_id: str) -> str:
     return f"{prefix()}:{{n:{_part(node_id)}}}:mna_dropped"
 
 
-def node_slot_keys(node_id: str) -> tuple[str, str, str, str]:
-    """presence, caps, reservations, unavailable: the keys of every slot_reserve call."""
+def node_slot_keys(node_id: str) -> tuple[str, str, str, str, str]:
+    """presence, caps, reservations, unavailable, holders: the keys of every slot_reserve
+    call."""
     return _node_slot_keys(prefix(), node_id)
 
 
 @functools.lru_cache(maxsize=65536)
-def _node_slot_keys(current_prefix: str, node_id: str) -> tuple[str, str, str, str]:
+def _node_slot_keys(current_prefix: str, node_id: str) -> tuple[str, str, str, str, str]:
     # Nodes are few and reserved on constantly; the prefix is part of the cache key.
     return (
         node_presence(node_id),
         node_caps(node_id),
         node_reservations(node_id),
         node_unavailable(node_id),
+        node_holders(node_id),
     )
 
 

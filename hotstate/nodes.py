@@ -233,6 +233,7 @@ async def node_heartbeat(
             keys.node_presence(node_id),
             keys.node_caps(node_id),
             keys.node_reservations(node_id),
+            keys.node_holders(node_id),
         ],
         args=[
             channel,

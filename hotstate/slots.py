@@ -44,12 +44,14 @@ async def slot_reserve(
     *,
     node_id: str,
     job_id: str,
+    attempt: int,
     service_id: str | None,
     service_version: str | None = None,
     ttl_ms: int | None = None,
     client: RedisCluster | None = None,
 ) -> Reservation:
-    """Reserve one slot on the node for ``job_id`` (idempotent by job id).
+    """Reserve one slot on the node for ``job_id``'s ``attempt`` (idempotent by job id: a newer
+    attempt takes over the slot an older one still holds).
 
     Refused unless the node is present, not drained, offers ``service_id`` (checked when given)
     and is not marked unavailable for it (``id`` or ``id@version``), and its live reservations
@@ -66,6 +68,7 @@ async def slot_reserve(
             service_field(service_id) if service_id else "",
             service_id or "",
             mark_version if service_version is not None else "",
+            attempt,
         ],
         client=client,
         subject=node_id,
@@ -82,13 +85,14 @@ class SlotRelease:
 
 
 async def slot_release(
-    *, node_id: str, job_id: str, client: RedisCluster | None = None
+    *, node_id: str, job_id: str, attempt: int, client: RedisCluster | None = None
 ) -> SlotRelease:
-    """Free ``job_id``'s slot on the node; repeating it frees nothing more."""
+    """Free ``job_id``'s slot on the node if ``attempt`` (or an older one) holds it; repeating
+    it frees nothing more."""
     reply = await SCRIPTS.call(
         "slot_release",
-        keys=[keys.node_reservations(node_id)],
-        args=[job_id],
+        keys=[keys.node_reservations(node_id), keys.node_holders(node_id)],
+        args=[job_id, attempt],
         client=client,
         subject=node_id,
     )

@@ -271,8 +271,12 @@ async def node_job_stopped(*, node_id: str, job_id: str, owed: Mapping[str, str]
     cancel again.
     """
     try:
-        released = await slots.slot_release(node_id=node_id, job_id=job_id)
-        snapshot_get().note_released(node_id, live=released.live)
+        release = owed.get(hjobs.OWE_RELEASE + node_id)
+        if release is not None:
+            released = await slots.slot_release(
+                node_id=node_id, job_id=job_id, attempt=int(release)
+            )
+            snapshot_get().note_released(node_id, live=released.live)
         await hjobs.job_settle(job_id=job_id, done=owed)
     except (DependencyDown, hcodes.JobNotFound) as exc:
         logger.warning(

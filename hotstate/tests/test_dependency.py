@@ -43,7 +43,7 @@ async def test_a_server_that_never_answers_raises_dependency_down_within_the_bou
     settings.REDIS_SOCKET_TIMEOUT = 0.5
     client = build_client(f"redis://127.0.0.1:{silent_port}")
     for call in (
-        slot_reserve(node_id="n1", job_id="j1", service_id="asr", client=client),
+        slot_reserve(node_id="n1", job_id="j1", attempt=1, service_id="asr", client=client),
         job_get(job_id="j1", client=client),
     ):
         started = time.monotonic()

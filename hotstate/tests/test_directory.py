@@ -36,9 +36,11 @@ async def test_snapshot_shows_load_reservations_drain_and_marks(hot: RedisCluste
         client=hot,
         load=NodeLoad(cpu_pct=55.5, mem_pct=70.0, gpu_pct=90.0),
     )
-    await slot_reserve(node_id="n1", job_id="j1", service_id="asr", client=hot)
-    await slot_reserve(node_id="n1", job_id="j2", service_id="asr", client=hot)
-    await slot_reserve(node_id="n1", job_id="gone", service_id="asr", ttl_ms=1, client=hot)
+    await slot_reserve(node_id="n1", job_id="j1", attempt=1, service_id="asr", client=hot)
+    await slot_reserve(node_id="n1", job_id="j2", attempt=1, service_id="asr", client=hot)
+    await slot_reserve(
+        node_id="n1", job_id="gone", attempt=1, service_id="asr", ttl_ms=1, client=hot
+    )
     await mna_mark(node_id="n1", service_id="asr", service_version="v2", client=hot)
     await node_drain(node_id="n1", client=hot)
     (view,) = await node_directory_read(client=hot)

@@ -102,7 +102,7 @@ async def test_a_handled_report_stops_new_jobs_going_to_that_node(hot: RedisClus
     (event,) = await mna_read(consumer="w1", client=hot)
     decision = await mna_handle(event=event, client=hot)
     assert decision.marked and decision.run_action
-    refused = await slot_reserve(node_id="n1", job_id="j1", service_id="asr", client=hot)
+    refused = await slot_reserve(node_id="n1", job_id="j1", attempt=1, service_id="asr", client=hot)
     assert refused.outcome is ReserveOutcome.UNAVAILABLE
 
 

@@ -94,7 +94,9 @@ async def test_heartbeat_refreshes_presence_and_load_and_renews_running_jobs(
     settings.HEARTBEAT_INTERVAL_MS = 100  # presence lives 300 ms
     settings.RESERVATION_TTL = 1.0
     channel = await online_node(hot, "n1")
-    await slot_reserve(node_id="n1", job_id="run", service_id="asr", ttl_ms=300, client=hot)
+    await slot_reserve(
+        node_id="n1", job_id="run", attempt=1, service_id="asr", ttl_ms=300, client=hot
+    )
     for _ in range(4):
         await asyncio.sleep(0.15)
         beat = await node_heartbeat(

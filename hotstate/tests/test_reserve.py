@@ -18,41 +18,41 @@ from hotstate.tests.workers import reserver_main
 
 async def test_reserve_takes_slots_until_the_node_is_full(hot: RedisCluster) -> None:
     await online_node(hot, "n1", max_jobs=2)
-    first = await reserve(node_id="n1", job_id="j1", service_id="asr", client=hot)
-    second = await reserve(node_id="n1", job_id="j2", service_id="asr", client=hot)
+    first = await reserve(node_id="n1", job_id="j1", attempt=1, service_id="asr", client=hot)
+    second = await reserve(node_id="n1", job_id="j2", attempt=1, service_id="asr", client=hot)
     assert (first.outcome, first.live) == (ReserveOutcome.RESERVED, 1)
     assert (second.outcome, second.live) == (ReserveOutcome.RESERVED, 2)
 
 
 async def test_reserve_refuses_when_node_is_full(hot: RedisCluster) -> None:
     await online_node(hot, "n1", max_jobs=1)
-    assert (await reserve(node_id="n1", job_id="j1", service_id="asr", client=hot)).ok
-    full = await reserve(node_id="n1", job_id="j2", service_id="asr", client=hot)
+    assert (await reserve(node_id="n1", job_id="j1", attempt=1, service_id="asr", client=hot)).ok
+    full = await reserve(node_id="n1", job_id="j2", attempt=1, service_id="asr", client=hot)
     assert (full.outcome, full.ok, full.live) == (ReserveOutcome.FULL, False, 1)
     assert await hot.zrange(keys.node_reservations("n1"), 0, -1) == ["j1"]
 
 
 async def test_reserve_refuses_an_offline_node(hot: RedisCluster) -> None:
-    refused = await reserve(node_id="ghost", job_id="j1", service_id="asr", client=hot)
+    refused = await reserve(node_id="ghost", job_id="j1", attempt=1, service_id="asr", client=hot)
     assert refused.outcome is ReserveOutcome.NOT_PRESENT
     channel = await online_node(hot, "n1")
     await node_remove(node_id="n1", channel=channel, client=hot)
-    refused = await reserve(node_id="n1", job_id="j1", service_id="asr", client=hot)
+    refused = await reserve(node_id="n1", job_id="j1", attempt=1, service_id="asr", client=hot)
     assert refused.outcome is ReserveOutcome.NOT_PRESENT
 
 
 async def test_reserve_refuses_a_drained_node(hot: RedisCluster) -> None:
     await online_node(hot, "n1")
     await node_drain(node_id="n1", client=hot)
-    refused = await reserve(node_id="n1", job_id="j1", service_id="asr", client=hot)
+    refused = await reserve(node_id="n1", job_id="j1", attempt=1, service_id="asr", client=hot)
     assert refused.outcome is ReserveOutcome.DRAINED
     await node_drain(node_id="n1", drained=False, client=hot)
-    assert (await reserve(node_id="n1", job_id="j1", service_id="asr", client=hot)).ok
+    assert (await reserve(node_id="n1", job_id="j1", attempt=1, service_id="asr", client=hot)).ok
 
 
 async def test_reserve_refuses_a_service_the_node_does_not_offer(hot: RedisCluster) -> None:
     await online_node(hot, "n1")
-    refused = await reserve(node_id="n1", job_id="j1", service_id="tts", client=hot)
+    refused = await reserve(node_id="n1", job_id="j1", attempt=1, service_id="tts", client=hot)
     assert refused.outcome is ReserveOutcome.NOT_SERVED
 
 
@@ -62,17 +62,17 @@ async def test_reserve_refuses_a_node_marked_unavailable_for_the_service(
     await online_node(hot, "n1")
     await mna.mna_mark(node_id="n1", service_id="asr", service_version="v2", client=hot)
     marked = await reserve(
-        node_id="n1", job_id="j1", service_id="asr", service_version="v2", client=hot
+        node_id="n1", job_id="j1", attempt=1, service_id="asr", service_version="v2", client=hot
     )
     assert marked.outcome is ReserveOutcome.UNAVAILABLE
     # The mark names v2 only: v1 and "any version" requests may still go there.
     other = await reserve(
-        node_id="n1", job_id="j2", service_id="asr", service_version="v1", client=hot
+        node_id="n1", job_id="j2", attempt=1, service_id="asr", service_version="v1", client=hot
     )
     assert other.ok
     await mna.mna_mark(node_id="n1", service_id="asr", service_version=None, client=hot)
     any_version = await reserve(
-        node_id="n1", job_id="j3", service_id="asr", service_version="v1", client=hot
+        node_id="n1", job_id="j3", attempt=1, service_id="asr", service_version="v1", client=hot
     )
     assert any_version.outcome is ReserveOutcome.UNAVAILABLE
 
@@ -82,17 +82,17 @@ async def test_an_unavailable_mark_expires(hot: RedisCluster) -> None:
     await mna.mna_mark(
         node_id="n1", service_id="asr", service_version=None, mark_ttl_ms=150, client=hot
     )
-    assert (await reserve(node_id="n1", job_id="j1", service_id="asr", client=hot)).outcome is (
-        ReserveOutcome.UNAVAILABLE
-    )
+    assert (
+        await reserve(node_id="n1", job_id="j1", attempt=1, service_id="asr", client=hot)
+    ).outcome is (ReserveOutcome.UNAVAILABLE)
     await asyncio.sleep(0.2)
-    assert (await reserve(node_id="n1", job_id="j1", service_id="asr", client=hot)).ok
+    assert (await reserve(node_id="n1", job_id="j1", attempt=1, service_id="asr", client=hot)).ok
 
 
 async def test_reserve_twice_for_one_job_counts_once(hot: RedisCluster) -> None:
     await online_node(hot, "n1", max_jobs=2)
-    first = await reserve(node_id="n1", job_id="j1", service_id="asr", client=hot)
-    again = await reserve(node_id="n1", job_id="j1", service_id="asr", client=hot)
+    first = await reserve(node_id="n1", job_id="j1", attempt=1, service_id="asr", client=hot)
+    again = await reserve(node_id="n1", job_id="j1", attempt=1, service_id="asr", client=hot)
     assert (first.outcome, again.outcome) == (ReserveOutcome.RESERVED, ReserveOutcome.HELD)
     assert again.ok and again.live == 1
     assert await hot.zcard(keys.node_reservations("n1")) == 1
@@ -101,7 +101,10 @@ async def test_reserve_twice_for_one_job_counts_once(hot: RedisCluster) -> None:
 async def test_concurrent_reserves_for_one_job_take_one_slot(hot: RedisCluster) -> None:
     await online_node(hot, "n1", max_jobs=3)
     results = await asyncio.gather(
-        *(reserve(node_id="n1", job_id="j1", service_id="asr", client=hot) for _ in range(20))
+        *(
+            reserve(node_id="n1", job_id="j1", attempt=1, service_id="asr", client=hot)
+            for _ in range(20)
+        )
     )
     assert sorted(r.outcome for r in results).count(ReserveOutcome.RESERVED) == 1
     assert all(r.ok for r in results)
@@ -110,29 +113,67 @@ async def test_concurrent_reserves_for_one_job_take_one_slot(hot: RedisCluster) 
 
 async def test_release_twice_frees_once_and_never_goes_negative(hot: RedisCluster) -> None:
     await online_node(hot, "n1", max_jobs=1)
-    await reserve(node_id="n1", job_id="j1", service_id="asr", client=hot)
-    first = await slot_release(node_id="n1", job_id="j1", client=hot)
-    second = await slot_release(node_id="n1", job_id="j1", client=hot)
-    never = await slot_release(node_id="n1", job_id="never-reserved", client=hot)
+    await reserve(node_id="n1", job_id="j1", attempt=1, service_id="asr", client=hot)
+    first = await slot_release(node_id="n1", job_id="j1", attempt=1, client=hot)
+    second = await slot_release(node_id="n1", job_id="j1", attempt=1, client=hot)
+    never = await slot_release(node_id="n1", job_id="never-reserved", attempt=1, client=hot)
     assert (first.released, first.live) == (True, 0)
     assert (second.released, second.live) == (False, 0)
     assert (never.released, never.live) == (False, 0)
     # The freed slot is usable at once, and only once.
-    assert (await reserve(node_id="n1", job_id="j2", service_id="asr", client=hot)).ok
-    full = await reserve(node_id="n1", job_id="j3", service_id="asr", client=hot)
+    assert (await reserve(node_id="n1", job_id="j2", attempt=1, service_id="asr", client=hot)).ok
+    full = await reserve(node_id="n1", job_id="j3", attempt=1, service_id="asr", client=hot)
     assert full.outcome is ReserveOutcome.FULL
+
+
+async def test_an_older_attempts_late_release_leaves_the_newer_attempts_slot(
+    hot: RedisCluster,
+) -> None:
+    """A job failed over from a node and placed there again: its first attempt's owed release
+    (done late, by the node's socket or the sweep) must not free the slot the second holds,
+    or the node takes one job too many (the chaos tests' kill -9 of an instance caught it)."""
+    await online_node(hot, "n1", max_jobs=1)
+    await reserve(node_id="n1", job_id="j1", attempt=1, service_id="asr", client=hot)
+    again = await reserve(node_id="n1", job_id="j1", attempt=2, service_id="asr", client=hot)
+    assert again.outcome is ReserveOutcome.HELD
+    late = await slot_release(node_id="n1", job_id="j1", attempt=1, client=hot)
+    assert (late.released, late.live) == (False, 1)
+    full = await reserve(node_id="n1", job_id="j2", attempt=1, service_id="asr", client=hot)
+    assert full.outcome is ReserveOutcome.FULL
+    # The same when the first attempt's slot was freed before the second took it.
+    await slot_release(node_id="n1", job_id="j1", attempt=2, client=hot)
+    await reserve(node_id="n1", job_id="j1", attempt=3, service_id="asr", client=hot)
+    late = await slot_release(node_id="n1", job_id="j1", attempt=2, client=hot)
+    assert (late.released, late.live) == (False, 1)
+    # An older attempt's reserve does not take the hold back; the holder's release frees it.
+    stale = await reserve(node_id="n1", job_id="j1", attempt=1, service_id="asr", client=hot)
+    assert stale.outcome is ReserveOutcome.HELD
+    assert (await slot_release(node_id="n1", job_id="j1", attempt=3, client=hot)).released
+    assert await hot.hgetall(keys.node_holders("n1")) == {}
+
+
+async def test_expired_reservations_take_their_holders_with_them(hot: RedisCluster) -> None:
+    await online_node(hot, "n1", max_jobs=2)
+    await reserve(node_id="n1", job_id="gone", attempt=4, service_id="asr", ttl_ms=50, client=hot)
+    await asyncio.sleep(0.1)
+    await reserve(node_id="n1", job_id="j2", attempt=1, service_id="asr", client=hot)
+    assert await hot.hgetall(keys.node_holders("n1")) == {"j2": "1"}
+    ttls = [await hot.pttl(keys.node_reservations("n1")), await hot.pttl(keys.node_holders("n1"))]
+    assert ttls[1] > 0 and abs(ttls[0] - ttls[1]) < 1000, ttls
 
 
 async def test_a_reservation_never_released_frees_its_slot_after_its_ttl(
     hot: RedisCluster,
 ) -> None:
     await online_node(hot, "n1", max_jobs=1)
-    lost = await reserve(node_id="n1", job_id="crashed", service_id="asr", ttl_ms=200, client=hot)
+    lost = await reserve(
+        node_id="n1", job_id="crashed", attempt=1, service_id="asr", ttl_ms=200, client=hot
+    )
     assert lost.ok
-    blocked = await reserve(node_id="n1", job_id="j2", service_id="asr", client=hot)
+    blocked = await reserve(node_id="n1", job_id="j2", attempt=1, service_id="asr", client=hot)
     assert blocked.outcome is ReserveOutcome.FULL
     await asyncio.sleep(0.25)
-    healed = await reserve(node_id="n1", job_id="j2", service_id="asr", client=hot)
+    healed = await reserve(node_id="n1", job_id="j2", attempt=1, service_id="asr", client=hot)
     assert (healed.outcome, healed.live) == (ReserveOutcome.RESERVED, 1)
     assert await hot.zrange(keys.node_reservations("n1"), 0, -1) == ["j2"]
 

@@ -45,14 +45,14 @@ async def tour(client: RedisCluster) -> None:
         service_version="v1", features=[], payload_json="{}", timeout_ms=1000, client=client,
     )  # fmt: skip
     await slots.slot_reserve(
-        node_id=NODE, job_id=JOB, service_id="asr", service_version="v1", client=client
+        node_id=NODE, job_id=JOB, attempt=1, service_id="asr", service_version="v1", client=client
     )
     await jobs.job_transition(
         job_id=JOB, attempt=1, to=JobState.DISPATCHED, node_id=NODE, client=client
     )
     await jobs.job_subscribe(job_id=JOB, tenant=TENANT, session_id="other", client=client)
     await jobs.job_settle(job_id=JOB, done={"owe:deliver": "1"}, client=client)
-    await slots.slot_release(node_id=NODE, job_id=JOB, client=client)
+    await slots.slot_release(node_id=NODE, job_id=JOB, attempt=1, client=client)
     await jobs.request_release(tenant=TENANT, request_id=REQUEST, job_id=JOB, client=client)
     entry = await mna.mna_enqueue(
         node_id=NODE, service_id="asr", service_version="v1", reason="x", client=client

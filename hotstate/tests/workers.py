@@ -63,7 +63,12 @@ async def _reserver(
             node_id = rng.choice(node_ids)
             job_id = f"p{index}-t{number}-r{round_}"
             reservation = await slot_reserve(
-                node_id=node_id, job_id=job_id, service_id="asr", ttl_ms=120_000, client=client
+                node_id=node_id,
+                job_id=job_id,
+                attempt=1,
+                service_id="asr",
+                ttl_ms=120_000,
+                client=client,
             )
             if reservation.outcome is ReserveOutcome.FULL:
                 tally["full"] += 1
@@ -80,7 +85,7 @@ async def _reserver(
             if round_ < rounds - 1 or rng.random() < 0.5:
                 held[node_id].discard(job_id)
                 count(node_id, -1)
-                await slot_release(node_id=node_id, job_id=job_id, client=client)
+                await slot_release(node_id=node_id, job_id=job_id, attempt=1, client=client)
 
     await asyncio.to_thread(ready.wait, 60)
     await asyncio.gather(*(task(number) for number in range(tasks)))

@@ -68,6 +68,7 @@ async def job_dispatch(*, job: JobView, exclude: Collection[str]) -> str | None:
         reservation = await hslots.slot_reserve(
             node_id=node.node_id,
             job_id=job.job_id,
+            attempt=job.attempt,
             service_id=job.service_id,
             service_version=job.service_version,
         )
@@ -85,7 +86,7 @@ async def job_dispatch(*, job: JobView, exclude: Collection[str]) -> str | None:
             )
         except hcodes.Refused:
             # Cancelled, timed out or placed by another instance first: give the slot back.
-            await hslots.slot_release(node_id=node.node_id, job_id=job.job_id)
+            await hslots.slot_release(node_id=node.node_id, job_id=job.job_id, attempt=job.attempt)
             return None
         except DependencyDown as exc:
             # The move may have applied when Redis answers again: the job may be this node's,

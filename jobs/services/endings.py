@@ -21,7 +21,7 @@ from hotstate import jobs as hjobs
 from hotstate import slots as hslots
 from hotstate import timers as htimers
 from hotstate.errors import DependencyDown
-from hotstate.jobs import JobState, JobView
+from hotstate.jobs import OWE_CANCEL, OWE_DELIVER, OWE_RELEASE, JobState, JobView
 from hotstate.nodes import reservation_ttl_ms
 from jobs.history import history_record
 from jobs.selectors import route_forget
@@ -35,10 +35,6 @@ logger = logging.getLogger(__name__)
 UNFINISHED = (JobState.CREATED, JobState.DISPATCHED, JobState.ACCEPTED, JobState.RUNNING)
 # After a follow-up failed, the sweep looks again this soon (if the timer can still be armed).
 FOLLOWUP_RETRY_MS = 1_000
-
-OWE_RELEASE = "owe:rel:"
-OWE_CANCEL = "owe:cancel:"
-OWE_DELIVER = "owe:deliver"
 
 
 async def job_followups(*, job_id: str) -> JobView | None:
@@ -142,7 +138,7 @@ async def _run(job: JobView, names: list[str]) -> list[object]:
 def _followup(job: JobView, name: str) -> Awaitable[Told | None]:
     """One follow-up: None when done, or what became of a node's cancel."""
     if name.startswith(OWE_RELEASE):
-        return _release(job, node_id=name.removeprefix(OWE_RELEASE))
+        return _release(job, node_id=name.removeprefix(OWE_RELEASE), attempt=int(job.owed[name]))
     if name.startswith(OWE_CANCEL):
         node_id = name.removeprefix(OWE_CANCEL)
         attempt, _, reason = job.owed[name].partition(":")
@@ -157,8 +153,8 @@ def _followup(job: JobView, name: str) -> Awaitable[Told | None]:
     raise ValueError(f"job {job.job_id}: unknown follow-up {name!r}")
 
 
-async def _release(job: JobView, *, node_id: str) -> None:
-    released = await hslots.slot_release(node_id=node_id, job_id=job.job_id)
+async def _release(job: JobView, *, node_id: str, attempt: int) -> None:
+    released = await hslots.slot_release(node_id=node_id, job_id=job.job_id, attempt=attempt)
     snapshot_get().note_released(node_id, live=released.live)
 
 

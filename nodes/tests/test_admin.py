@@ -90,7 +90,7 @@ async def _reserve(url: str, node_id: str, job_id: str) -> hslots.ReserveOutcome
     client = build_client(url)
     try:
         reservation = await hslots.slot_reserve(
-            node_id=node_id, job_id=job_id, service_id="asr", client=client
+            node_id=node_id, job_id=job_id, attempt=1, service_id="asr", client=client
         )
     finally:
         await client.aclose()

@@ -131,7 +131,10 @@ class JobTable:
             self._forget(job_id, cancel=True)
 
     def _violation(self, assign: p.JobAssign) -> None:
-        violation = Violation(assign.job_id, assign.attempt, len(self._jobs), self._max_jobs)
+        holding = tuple((held.job.job_id, held.job.attempt) for held in self._jobs.values())
+        violation = Violation(
+            assign.job_id, assign.attempt, len(self._jobs), self._max_jobs, holding
+        )
         self._stats.violations.append(violation)
         logger.warning(
             "job %s assigned to node %s while it held %d of max_jobs %d; queued",

@@ -14,6 +14,7 @@ class Violation:
     attempt: int
     held: int
     max_jobs: int
+    holding: tuple[tuple[str, int], ...] = ()  # (job id, attempt) of the jobs it held
 
 
 @dataclass

@@ -169,7 +169,12 @@ class Ledger:
             "max_jobs",
             f"node {node + 1} was assigned job {violation.job_id} (attempt "
             f"{violation.attempt}) while it held {violation.held} of max_jobs "
-            f"{violation.max_jobs}",
+            f"{violation.max_jobs}"
+            + (
+                f" ({', '.join(f'job {j} attempt {a}' for j, a in violation.holding)})"
+                if violation.holding
+                else ""
+            ),
         )
 
     # --- findings ---------------------------------------------------------------------------

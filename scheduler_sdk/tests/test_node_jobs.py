@@ -144,7 +144,10 @@ async def test_no_more_than_max_jobs_run_and_extra_assignments_are_queued_as_vio
     beats_before = len(fake.of_type("node_heartbeat"))
     beat = (await fake.frames("node_heartbeat", beats_before + 1))[-1]
     assert (active, len(fake.of_type("job_started"))) == (2, 2)
-    assert violations == [Violation("j2", 3, 2, 2), Violation("j3", 4, 3, 2)]
+    assert violations == [
+        Violation("j2", 3, 2, 2, (("j0", 1), ("j1", 2))),
+        Violation("j3", 4, 3, 2, (("j0", 1), ("j1", 2), ("j2", 3))),
+    ]
     assert agent.stats.violations == violations
     assert isinstance(beat.frame, p.NodeHeartbeat)
     assert sorted(beat.frame.running) == ["j0", "j1", "j2", "j3"]  # queued ones hold slots too

@@ -152,15 +152,15 @@ def explain_missing(served: Served, summary: dict[str, Any]) -> str:
     owed follow-ups and each subscriber's outbox), read before the deployment's keys are
     deleted: a failure then says which step stopped."""
     job_ids = [
-        match.group(1)
+        job_id
         for violation in summary.get("violations", [])
-        if violation["kind"] in ("missing_result", "unexpected_result")
-        and (match := re.search(r"job (j_[0-9a-f]+)", violation["detail"]))
+        if violation["kind"] in ("missing_result", "unexpected_result", "max_jobs")
+        for job_id in re.findall(r"job (j_[0-9a-f]+)", violation["detail"])
     ]
     if not job_ids:
         return ""
     client = RedisCluster.from_url(served.cluster.url, decode_responses=True)
-    lines = ["", "missing or unexpected jobs, as Redis has them now:"]
+    lines = ["", "missing, unexpected or overbooked jobs, as Redis has them now:"]
     try:
         with override_settings(HOTSTATE_PREFIX=served.deployment.hot_prefix):
             for job_id in job_ids:

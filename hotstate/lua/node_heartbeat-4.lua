@@ -9,6 +9,7 @@
 -- KEYS[1] presence            node presence (string, PX); value = owning channel
 -- KEYS[2] caps                node capabilities and load (hash)
 -- KEYS[3] reservations        node reservations (zset job_id -> expiry, epoch ms)
+-- KEYS[4] holders             attempt holding each reservation (hash job_id -> attempt)
 -- ARGV[1] channel             channel of the consumer holding the node's socket
 -- ARGV[2] presence_ttl_ms
 -- ARGV[3] caps_ttl_ms
@@ -33,7 +34,11 @@ redis.call('PEXPIRE', KEYS[1], ARGV[2])
 redis.call('HSET', KEYS[2], 'cpu_pct', ARGV[5], 'gpu_pct', ARGV[6], 'mem_pct', ARGV[7],
   'updated_ms', now)
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
-redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+local expired = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now)
+if #expired > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+  redis.call('HDEL', KEYS[4], unpack(expired))
+end
 local ttl = tonumber(ARGV[4])
 local renewed = 0
 for i = 8, #ARGV do
@@ -44,5 +49,8 @@ for i = 8, #ARGV do
 end
 if renewed > 0 and redis.call('PTTL', KEYS[3]) < ttl then
   redis.call('PEXPIRE', KEYS[3], ttl)
+end
+if renewed > 0 then
+  redis.call('PEXPIRE', KEYS[4], redis.call('PTTL', KEYS[3]))
 end
 return {'OK', renewed, redis.call('ZCARD', KEYS[3])}

@@ -2,7 +2,9 @@
 --
 -- The authority on capacity: the caller's snapshot only ranks candidates. Steps: (1) the node
 -- must be present; (2) expired reservations are pruned; (3) a job that already holds a slot
--- keeps it (idempotent by job id; its expiry is extended); (4) the node must not be drained,
+-- keeps it (idempotent by job id; its expiry is extended, and a newer attempt of the job takes
+-- the hold over, so the older attempt's owed release frees nothing); (4) the node must not be
+-- drained,
 -- must serve the service, its live reservations must be below max_jobs, and it must not be
 -- marked unavailable for the service (id or id@version). Expiries use this shard's clock (TIME), never the
 -- caller's, so instances with skewed clocks cannot prune each other's live reservations. Who
@@ -13,13 +15,16 @@
 -- KEYS[2] caps           node capabilities (hash: max_jobs, drained, svc:<id>, ...)
 -- KEYS[3] reservations   node reservations (zset job_id -> expiry, epoch ms)
 -- KEYS[4] unavailable    node unavailable marks (zset mark -> expiry, epoch ms)
+-- KEYS[5] holders        attempt holding each reservation (hash job_id -> attempt)
 -- ARGV[1] job_id
 -- ARGV[2] ttl_ms          the reservation frees itself after this unless renewed
 -- ARGV[3] service_field   caps field of the service (svc:<id>); '' to skip the check
 -- ARGV[4] mark_any        unavailable mark of the service (any version)
 -- ARGV[5] mark_version    unavailable mark of the service at its version, or ''
+-- ARGV[6] attempt         the job's attempt this reservation is for
 -- RETURN {RESERVED, live}     a slot is now held; live = live reservations including it
--- RETURN {HELD, live}         the job already held a slot here; expiry extended
+-- RETURN {HELD, live}         the job already held a slot here; expiry extended, held by the
+--                             newer of the two attempts
 -- RETURN {NOT_PRESENT, live}  the node is offline
 -- RETURN {DRAINED, live}      the node takes no new jobs
 -- RETURN {NOT_SERVED, live}   the node does not offer the service
@@ -36,13 +41,21 @@ end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ttl = tonumber(ARGV[2])
-redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+local expired = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now)
+if #expired > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+  redis.call('HDEL', KEYS[5], unpack(expired))
+end
 local live = redis.call('ZCARD', KEYS[3])
 -- Add first (expired members are pruned above, so 0 means a live hold by this job) and take
 -- the reservation back below on a refusal; the script is atomic, so nobody sees it meanwhile.
 if redis.call('ZADD', KEYS[3], 'NX', now + ttl, ARGV[1]) == 0 then
   redis.call('ZADD', KEYS[3], 'XX', 'GT', now + ttl, ARGV[1])
   redis.call('PEXPIRE', KEYS[3], ttl, 'GT')
+  if tonumber(redis.call('HGET', KEYS[5], ARGV[1]) or 0) < tonumber(ARGV[6]) then
+    redis.call('HSET', KEYS[5], ARGV[1], ARGV[6])
+  end
+  redis.call('PEXPIRE', KEYS[5], redis.call('PTTL', KEYS[3]))
   return {'HELD', live}
 end
 local refusal
@@ -62,10 +75,13 @@ if refusal then
   redis.call('ZREM', KEYS[3], ARGV[1])
   return {refusal, live}
 end
--- A set that was empty has no TTL yet; otherwise only ever extend it (GT).
+redis.call('HSET', KEYS[5], ARGV[1], ARGV[6])
+-- A set that was empty has no TTL yet; otherwise only ever extend it (GT). The holders live
+-- as long as the reservations.
 if live == 0 then
   redis.call('PEXPIRE', KEYS[3], ttl)
 else
   redis.call('PEXPIRE', KEYS[3], ttl, 'GT')
 end
+redis.call('PEXPIRE', KEYS[5], redis.call('PTTL', KEYS[3]))
 return {'RESERVED', live + 1}
