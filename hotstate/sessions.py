@@ -14,6 +14,7 @@ at a time; no call reads a whole outbox.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -292,3 +293,29 @@ async def session_results_pending(
         "session_results_pending", cluster, cluster.hrandfield(outbox, limit), key=outbox
     )
     return sorted(str(job_id) for job_id in job_ids or ())
+
+
+async def session_results_taken(
+    *, session_id: str, job_ids: Sequence[str], client: RedisCluster | None = None
+) -> dict[str, str | None]:
+    """Which of ``job_ids`` had their results taken (a tombstone), each with its frame as
+    handed over if that copy is still kept (``HANDED_KEEP_MS``), else None."""
+    if not job_ids:
+        return {}
+    cluster = client or get_client()
+    taken_key = keys.session_taken(session_id)
+    scores = await bounded(
+        "session_results_taken", cluster, cluster.zmscore(taken_key, list(job_ids)), key=taken_key
+    )
+    taken = [job_id for job_id, score in zip(job_ids, scores, strict=True) if score is not None]
+    if not taken:
+        return {}
+    handed_key = keys.session_handed(session_id)
+    copies = await bounded(
+        "session_results_taken", cluster, cluster.hmget(handed_key, taken), key=handed_key
+    )
+    # The client decodes responses: each copy is a str (token, newline, frame) or None.
+    return {
+        job_id: str(copy).partition("\n")[2] if copy else None
+        for job_id, copy in zip(taken, copies, strict=True)
+    }

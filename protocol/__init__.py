@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from protocol.codes import CANCEL_REASONS, REJECT_CODES, CloseCode, ErrorCode
 from protocol.messages import (
+    MAX_AWAITING,
     MAX_SAFE_INT,
     Error,
     ErrorRef,
@@ -63,6 +64,7 @@ PROTOCOL_VERSION = 1
 
 __all__ = [
     "CANCEL_REASONS",
+    "MAX_AWAITING",
     "MAX_SAFE_INT",
     "NODE_INBOUND",
     "NODE_OUTBOUND",

@@ -236,12 +236,21 @@ class NodeJobCancel(Frame):
 # --- session ⇄ scheduler ------------------------------------------------------------------------
 
 
+# At most this many job ids in ``session_init.awaiting``.
+MAX_AWAITING = 1000
+
+
 class SessionInit(Frame):
-    """C→S, first frame: authenticates; with ``session_id``, asks to resume that session."""
+    """C→S, first frame: authenticates; with ``session_id``, asks to resume that session.
+
+    ``awaiting``: on a resume, the accepted jobs whose result the client has not received; one
+    sent on the old socket that never arrived is sent again.
+    """
 
     type: Literal["session_init"] = "session_init"
     api_key: Secret
     session_id: Id | None = None
+    awaiting: list[Id] | None = Field(default=None, max_length=MAX_AWAITING)
 
 
 class SessionReady(Frame):

@@ -30,7 +30,7 @@ from protocol import (
 )
 from sessions import delivery
 from sessions import services as sessions
-from sessions.delivery import outbox_return, outbox_sweep, outbox_take
+from sessions.delivery import outbox_resend, outbox_return, outbox_sweep, outbox_take
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +61,10 @@ class SessionConsumer(PeerConsumer):
         self.session_id, self.tenant = opened.session_id, opened.tenant
         if opened.previous_channel and opened.previous_channel != self.channel_name:
             await event_send(opened.previous_channel, PeerReplacedEvent())
+        if frame.awaiting and opened.session_id == frame.session_id:
+            # Results sent on the old socket that never reached the client go out again. A
+            # failure fails the resume (the client resumes again, naming them again).
+            await outbox_resend(session_id=self.session_id, job_ids=frame.awaiting)
         self.authenticated = True
         self._renewer = asyncio.ensure_future(self._keep_session())
         await self.send_frame(

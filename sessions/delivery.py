@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from core.events import Event, SessionDeliverEvent, event_send
@@ -135,6 +135,33 @@ async def outbox_return(*, session_id: str, job_id: str, frame: str) -> None:
     """Put back a result taken but not sent (the socket closed meanwhile): the session's next
     socket sends it."""
     await hsessions.session_result_return(session_id=session_id, job_id=job_id, frame_json=frame)
+
+
+async def outbox_resend(*, session_id: str, job_ids: Sequence[str]) -> list[str]:
+    """Put back the results of ``job_ids`` that were taken for the session but that its client
+    says it never received (``session_init.awaiting``: sent on a socket that died first); the
+    job ids put back. A job id the session was never sent a result for is ignored.
+
+    The frame is the one handed over if still kept, else rebuilt from the job's record, else
+    ``JOB_LOST`` (the record expired or was lost).
+    """
+    taken = await hsessions.session_results_taken(session_id=session_id, job_ids=job_ids)
+    for job_id, frame in taken.items():
+        if frame is None:
+            frame = dump(await _rebuilt(job_id))
+        await hsessions.session_result_return(
+            session_id=session_id, job_id=job_id, frame_json=frame
+        )
+    if taken:
+        logger.info("session %s: %d result(s) sent again on resume", session_id, len(taken))
+    return list(taken)
+
+
+async def _rebuilt(job_id: str) -> SessionJobResult:
+    job = await hjobs.job_get(job_id=job_id)
+    if job is None or not job.state.terminal:
+        return _lost_frame(job_id=job_id, request_id=job.request_id if job else "")
+    return result_frame(job)
 
 
 async def outbox_expect(*, session_id: str, job_id: str, request_id: str = "") -> None:

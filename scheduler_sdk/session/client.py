@@ -27,6 +27,9 @@ from scheduler_sdk.session.stats import SessionStats
 
 logger = logging.getLogger(__name__)
 
+# How many of the latest results' job ids are remembered (a result may overtake job_accepted).
+MAX_ENDED_KEPT = 10_000
+
 
 class SessionClosed(SdkError):
     """The client was closed."""
@@ -69,6 +72,11 @@ class SessionClient:
         self._connect_kwargs: dict[str, Any] = {"compression": None, **(connect_kwargs or {})}
         self._rng = rng or random.Random()
 
+        # Accepted jobs without a result yet, oldest first: named in a resume's session_init
+        # (``awaiting``), so a result sent on a connection that died is sent again.
+        self._awaiting: dict[str, None] = {}
+        # The latest results' job ids: a result may overtake its job_accepted.
+        self._ended: dict[str, None] = {}
         self._ws: ClientConnection | None = None  # set while ready
         self._live_ws: ClientConnection | None = None
         self._ready = asyncio.Event()
@@ -193,7 +201,11 @@ class SessionClient:
                 return False
             try:
                 asked = self.session_id
-                await ws.send(p.dump(p.SessionInit(api_key=self._api_key, session_id=asked)))
+                awaiting = list(self._awaiting)[: p.MAX_AWAITING] if asked else []
+                init = p.SessionInit(
+                    api_key=self._api_key, session_id=asked, awaiting=awaiting or None
+                )
+                await ws.send(p.dump(init))
                 ready = await self._await_ready(ws)
                 if ready is not None:
                     await self._serve(ws, ready, asked)
@@ -249,12 +261,18 @@ class SessionClient:
     def _on_frame(self, raw: str | bytes) -> None:
         frame = self._parse(raw)
         if isinstance(frame, p.JobAccepted | p.JobRejected):
+            if isinstance(frame, p.JobAccepted) and frame.job_id not in self._ended:
+                self._awaiting[frame.job_id] = None
             self._pending.answer(frame)
         elif isinstance(frame, p.SessionJobProgress):
             self.stats.progress += 1
             _call(self._on_progress, frame)
             self._inbox.publish(frame)
         elif isinstance(frame, p.SessionJobResult):
+            self._awaiting.pop(frame.job_id, None)
+            self._ended[frame.job_id] = None
+            if len(self._ended) > MAX_ENDED_KEPT:
+                del self._ended[next(iter(self._ended))]
             self.stats.results += 1
             self._inbox.keep(frame)
             _call(self._on_result, frame)

@@ -51,6 +51,8 @@ class FakeScheduler:
     received: list[Received] = field(default_factory=list)
     session_ids: list[str | None] = field(default_factory=list)
     """The ``session_id`` each session_init asked for."""
+    awaiting: list[list[str] | None] = field(default_factory=list)
+    """The ``awaiting`` each session_init named."""
     accept_submits: bool = True
     jobs_by_request: dict[str, str] = field(default_factory=dict)
     url: str = ""
@@ -151,6 +153,7 @@ class FakeScheduler:
             return True
         if isinstance(first, p.SessionInit) and first.api_key == API_KEY:
             self.session_ids.append(first.session_id)
+            self.awaiting.append(first.awaiting)
             session_id = first.session_id or f"s-{next(self._ids)}"
             ready = p.SessionReady(session_id=session_id, instance_id="fake")
             await ws.send(p.dump(ready))

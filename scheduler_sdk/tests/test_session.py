@@ -119,6 +119,25 @@ async def test_after_1012_it_resumes_its_session_and_gets_results_finished_meanw
     assert (client.session_id, client.resumed, client.stats.resumed) == ("s-1", True, 1)
 
 
+async def test_a_resume_names_the_accepted_jobs_whose_results_have_not_arrived(
+    fake: FakeScheduler, client: SessionClient
+) -> None:
+    """So that a result sent on the connection that died is sent again (session_init's
+    ``awaiting``), and one that arrived is not."""
+    await client.connect()
+    for request_id in ("r1", "r2", "r3"):
+        assert isinstance(await client.submit(request_id, "asr", {}), p.JobAccepted)
+    await fake.send_session(result_of("j-r2", "r2"))
+    await client.result("j-r2", timeout_s=2)
+    # A result that overtook its job_accepted is not awaited either.
+    await fake.send_session(result_of("j-r4", "r4"))
+    await fake.send_session(p.JobAccepted(request_id="r4", job_id="j-r4", node_id="n-1"))
+    await client.result("j-r4", timeout_s=2)
+    await fake.close_session(p.CloseCode.SERVICE_RESTART)
+    await fake.wait_for(lambda: len(fake.awaiting) == 2, what="a second session_init")
+    assert fake.awaiting == [None, ["j-r1", "j-r3"]]
+
+
 async def test_a_submit_unanswered_when_the_connection_dropped_is_sent_again(
     fake: FakeScheduler, client: SessionClient
 ) -> None:

@@ -8,7 +8,9 @@ from typing import Any
 import pytest
 
 from hotstate import jobs as hjobs
+from hotstate import keys as hkeys
 from hotstate.jobs import JobState
+from protocol import MAX_AWAITING
 from tests.support.inprocess import (
     Peer,
     accepted_job,
@@ -288,6 +290,83 @@ async def test_a_resumed_session_gets_what_finished_while_it_was_away_after_read
     again, ready = await session_peer(key, session_id=session_id)
     assert ready["session_id"] == session_id
     assert await again.nothing(0.2)
+
+
+async def sent_and_lost(key: str, text: str) -> tuple[str, str]:
+    """A session whose job's result was sent but (as far as its client knows) never arrived:
+    the socket took it from the outbox and sent it, and the connection died.
+    (session_id, job_id)."""
+    _, node = await online_node("gpu")
+    session_id, session = await online_session(key)
+    assign = await accepted_job(session, node, "r-1")
+    await finish(node, assign, text=text)
+    sent = await session.receive()
+    assert (sent["type"], sent["job_id"]) == ("job_result", assign["job_id"])
+    await session.close()
+    return session_id, assign["job_id"]
+
+
+async def test_a_resume_awaiting_a_result_sent_on_the_dead_socket_gets_it_again() -> None:
+    key = await new_api_key("acme")
+    session_id, job_id = await sent_and_lost(key, "lost in transit")
+    back, ready = await session_peer(key, session_id=session_id, awaiting=[job_id, "j_never"])
+    assert ready["session_id"] == session_id
+    assert await back.receive() == {
+        "type": "job_result",
+        "job_id": job_id,
+        "request_id": "r-1",
+        "ok": True,
+        "result": {"text": "lost in transit"},
+    }
+    assert await back.nothing(0.2)
+    # Once: a resume that no longer names it gets nothing more.
+    await back.close()
+    again, _ = await session_peer(key, session_id=session_id, awaiting=[])
+    assert await again.nothing(0.2)
+
+
+async def test_a_resume_not_awaiting_a_sent_result_does_not_get_it_again() -> None:
+    key = await new_api_key("acme")
+    session_id, _ = await sent_and_lost(key, "received")
+    back, ready = await session_peer(key, session_id=session_id)
+    assert ready["session_id"] == session_id
+    assert await back.nothing(0.3)
+
+
+async def test_a_resent_result_is_rebuilt_from_the_record_or_answered_job_lost(hot) -> None:
+    """The copy kept at the take lasts a minute; after it, the job's record gives the result,
+    and a job whose record is gone gets JOB_LOST."""
+    key = await new_api_key("acme")
+    session_id, job_id = await sent_and_lost(key, "from the record")
+    await hot.delete(hkeys.session_handed(session_id))
+    back, _ = await session_peer(key, session_id=session_id, awaiting=[job_id])
+    result = await back.receive()
+    assert (result["job_id"], result["result"]) == (job_id, {"text": "from the record"})
+    await back.close()
+    await hot.delete(hkeys.session_handed(session_id))
+    await hot.delete(hkeys.job_record(job_id))
+    back, _ = await session_peer(key, session_id=session_id, awaiting=[job_id])
+    lost = await back.receive()
+    assert (lost["job_id"], lost["ok"], lost["error"]["code"]) == (job_id, False, "JOB_LOST")
+
+
+async def test_a_resume_cannot_fetch_another_sessions_results() -> None:
+    key = await new_api_key("acme")
+    _, job_id = await sent_and_lost(key, "not yours")
+    other_id, other = await online_session(key)
+    await other.close()
+    back, ready = await session_peer(key, session_id=other_id, awaiting=[job_id])
+    assert ready["session_id"] == other_id
+    assert await back.nothing(0.3)
+
+
+async def test_a_session_init_awaiting_too_many_jobs_is_refused() -> None:
+    peer, refused = await session_peer(
+        await new_api_key("acme"), awaiting=[f"j_{n}" for n in range(MAX_AWAITING + 1)]
+    )
+    assert (refused["type"], refused["code"]) == ("error", "UNAUTHORIZED"), refused
+    assert "session_init" in refused["message"]
+    assert await peer.closed_with() == 4401
 
 
 async def test_a_session_id_of_another_tenant_starts_a_new_session() -> None:

@@ -162,11 +162,15 @@ async def online_node(name: str, **caps: Any) -> tuple[str, Peer]:
     return node_id, peer
 
 
-async def session_peer(api_key: str, session_id: str | None = None) -> tuple[Peer, dict[str, Any]]:
+async def session_peer(
+    api_key: str, session_id: str | None = None, awaiting: list[str] | None = None
+) -> tuple[Peer, dict[str, Any]]:
     peer = await Peer("/ws/session/").open()
     init: dict[str, Any] = {"type": "session_init", "api_key": api_key}
     if session_id:
         init["session_id"] = session_id
+    if awaiting is not None:
+        init["awaiting"] = awaiting
     await peer.send(init)
     return peer, await peer.receive()
 
