@@ -177,10 +177,11 @@ async def _send_within_deadline(channel: str, event: JobAssignEvent) -> bool:
 
 
 async def job_withdraw(*, tenant: str, request_id: str, job_id: str) -> bool:
-    """End a job whose submit was answered ``job_rejected`` although Redis may have placed it
-    (the move to DISPATCHED went unanswered, and so did the session's expectation): FAILED at
-    whatever attempt it has reached, its result owed to nobody, its node told to stop, its
-    request id freed. False if it had ended first (its result then went to its subscribers).
+    """End a job that Redis placed after its submit had given up on the move to DISPATCHED:
+    FAILED at whatever attempt it has reached, its result owed to nobody (the submit may have
+    answered ``job_rejected``; a session told ``job_accepted`` gets the failure through its
+    expectation), its node told to stop, its request id freed. Called by the submit once Redis
+    answers, and by the job's first check. False if it had ended first.
     """
     job = await hjobs.job_get(job_id=job_id)
     for _ in range(5):
@@ -196,7 +197,7 @@ async def job_withdraw(*, tenant: str, request_id: str, job_id: str) -> bool:
                 to=JobState.FAILED,
                 from_states=UNFINISHED,
                 error_code=ErrorCode.DEPENDENCY_DOWN,
-                error_message="withdrawn: its submit was rejected",
+                error_message="withdrawn: Redis placed it after its submit had given up",
                 deliver=False,
             )
         except (hcodes.StaleAttempt, hcodes.BadState):
@@ -207,7 +208,7 @@ async def job_withdraw(*, tenant: str, request_id: str, job_id: str) -> bool:
             continue
         await job_followups_now(job_id=job_id)
         await hjobs.request_release(tenant=tenant, request_id=request_id, job_id=job_id)
-        logger.warning("job %s withdrawn: its submit was rejected while Redis stalled", job_id)
+        logger.warning("job %s withdrawn: Redis placed it after its submit had given up", job_id)
         return True
     return False
 

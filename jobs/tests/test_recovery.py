@@ -456,3 +456,43 @@ async def test_a_job_rejected_while_its_placement_was_unknown_is_withdrawn(
     # The request id is free: a retry is a new job.
     again = await submit_and_answer(session, "r-1")
     assert again["type"] == "job_accepted" and again["job_id"] != cancel["job_id"]
+
+
+async def test_a_job_placed_after_its_submit_gave_up_is_withdrawn_by_its_first_check(
+    monkeypatch: pytest.MonkeyPatch, settings: Any
+) -> None:
+    """The whole cluster frozen: the session was told job_rejected, then Redis ran the move to
+    DISPATCHED as it woke up, and the job's check (a deadline passed meanwhile, or a missing
+    ack) ended it with a result before the submit's own withdrawal came: a result reached a
+    session told its submit was rejected (the chaos test's freeze, about half the runs)."""
+    settings.ACK_TIMEOUT = 0.5
+    node_id, node = await online_node("gpu", max_jobs=1)
+    _, session = await online_session(await new_api_key("acme"))
+    dispatch_unanswered(monkeypatch, applied=True)
+
+    async def expect_unanswered(**kwargs: Any) -> None:
+        raise DependencyDown("session_result_expect: TimeoutError (injected)")
+
+    monkeypatch.setattr(submit, "outbox_expect", expect_unanswered)
+    # The submit's own withdrawal never comes (its process died, or its retries lost the race).
+    monkeypatch.setattr(submit, "_withdraw_later", lambda **kwargs: None)
+    rejected = await submit_and_answer(session, "r-1")
+    assert (rejected["type"], rejected["code"]) == ("job_rejected", "DEPENDENCY_DOWN")
+    [job_id] = await reserved_on(node_id)
+    # The move ran late: as a frozen primary runs it when it wakes, after the submit's deadline.
+    record = keys.job_record(job_id)
+    updated_ms = int(await get_client().hget(record, "updated_ms"))
+    late = updated_ms - int(settings.SUBMIT_DEADLINE_S * 1000) - 1000
+    await get_client().hset(record, "created_ms", late)
+    cancel = await node.receive_type("job_cancel", timeout=10)
+    assert cancel["job_id"] == job_id
+    job = await hjobs.job_get(job_id=job_id)
+    assert job is not None and (job.state, job.attempt) == (JobState.FAILED, 1)
+    await eventually(lambda: slot_free(node_id, job_id))
+    assert await node.nothing(0.5), "the job was placed again"
+    assert await session.nothing(0.5), "a result for a rejected submit"
+
+
+async def reserved_on(node_id: str) -> list[str]:
+    """The jobs holding a slot on the node."""
+    return list(await get_client().zrange(keys.node_reservations(node_id), 0, -1))
