@@ -72,6 +72,9 @@ async def slot_reserve(
         ],
         client=client,
         subject=node_id,
+        # On a replica before the job is sent: a failover that lost the reservation would let
+        # the node's slot be taken twice while the job runs.
+        durable=True,
     )
     return Reservation(ReserveOutcome(reply.code), reply.number(0))
 

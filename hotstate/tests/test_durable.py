@@ -1,4 +1,4 @@
-"""Durable writes: a job's creation and a request's binding reach a replica before the answer.
+"""Durable writes: a job's creation, a request's binding and a node's slot reach a replica first.
 
 DESIGN.md, "Durability and recovery": ``job_accepted`` is sent only once the job's record is on
 a replica (bounded by DURABLE_WAIT_MS), so a primary's failover right after cannot forget a job
@@ -17,6 +17,8 @@ from typing import Any
 from redis.asyncio.cluster import RedisCluster
 
 from hotstate import jobs, keys
+from hotstate.slots import slot_reserve
+from hotstate.tests.helpers import online_node
 
 
 async def replica_pid(client: RedisCluster, key: str) -> int:
@@ -78,3 +80,18 @@ async def test_a_lagging_replica_delays_the_answer_by_the_bound_only(
     with stopped(pid):
         created = await asyncio.wait_for(create(job_id), timeout=3)
     assert created.created
+
+
+async def test_a_reservation_waits_for_a_replica(hot: RedisCluster, settings: Any) -> None:
+    """A failover that lost a reservation would let the node take one job too many."""
+    settings.DURABLE_WAIT_MS = 5_000
+    await online_node(hot, "n1", max_jobs=1)
+    pid = await replica_pid(hot, keys.node_reservations("n1"))
+    with stopped(pid):
+        reserving = asyncio.ensure_future(
+            slot_reserve(node_id="n1", job_id="j1", attempt=1, service_id="asr", client=hot)
+        )
+        done, _ = await asyncio.wait({reserving}, timeout=0.5)
+        assert not done, "the reservation answered before any replica had it"
+    reservation = await asyncio.wait_for(reserving, timeout=5)
+    assert reservation.ok
