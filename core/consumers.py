@@ -18,7 +18,7 @@ import asyncio
 import logging
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any, ClassVar, Protocol
 
 from channels.consumer import get_handler_name
@@ -62,8 +62,9 @@ class SessionSocket(Protocol):
 
     async def send_frame(self, frame: Frame) -> None: ...
 
-    async def deliver(self, job_id: str) -> None:
-        """Take the job's result from the session's outbox, if it waits there, and send it."""
+    async def deliver(self, job_id: str) -> bool:
+        """Take the job's result from the session's outbox, if it waits there, and send it;
+        False if that failed (the sweep tries again)."""
 
 
 class FrameHandlers:
@@ -284,6 +285,14 @@ class PeerConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             slots.release()
 
         task.add_done_callback(done)
+
+    def in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` in a task of its own, held until it ends (it may outlive the socket):
+        for an event's Redis calls, which must not hold up the socket's frames meanwhile (the
+        consumer handles its frames and events one at a time)."""
+        task = asyncio.ensure_future(work)
+        _in_flight.add(task)
+        task.add_done_callback(_in_flight.discard)
 
     # --- hooks for subclasses -----------------------------------------------------------------
 

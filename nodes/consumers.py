@@ -83,7 +83,9 @@ class NodeConsumer(PeerConsumer):
         await self.send_raw(event.frame)
         if event.owed:
             # After the frame: a job sent to this node from now on comes after the cancel.
-            await nodes.node_job_stopped(node_id=self.node_id, job_id=event.job_id, owed=event.owed)
+            self.in_background(
+                nodes.node_job_stopped(node_id=self.node_id, job_id=event.job_id, owed=event.owed)
+            )
 
     async def peer_replaced(self, message: dict[str, Any]) -> None:
         logger.info(

@@ -49,6 +49,9 @@ class SessionConsumer(PeerConsumer):
     # Takes whose answer did not come (job_id -> token), and how many tokens were drawn.
     _unsure: dict[str, str] | None = None
     _takes_drawn: int = 0
+    # Results the channel layer said wait in the outbox, and the task delivering them.
+    _noticed: set[str] | None = None
+    _deliverer: asyncio.Task[None] | None = None
 
     async def authenticate(self, frame: SessionInit) -> None:
         runtime = runtime_get()
@@ -77,6 +80,8 @@ class SessionConsumer(PeerConsumer):
     async def on_disconnect(self, code: int) -> None:
         if self._renewer is not None:
             self._renewer.cancel()
+        # The deliverer is left to finish: a frame it has taken goes out or back (it checks
+        # ``closing`` under the delivery lock), where a cancel could drop it.
         await self._put_back_unsure()
         await sessions.session_detach(session_id=self.session_id, channel=self.channel_name)
 
@@ -152,7 +157,25 @@ class SessionConsumer(PeerConsumer):
     # --- channel layer events ------------------------------------------------------------------
 
     async def session_deliver(self, message: dict[str, Any]) -> None:
-        await self.deliver(SessionDeliverEvent.of(message).job_id)
+        """A result waits in the outbox: take and send it from a task of this socket's.
+
+        Not here: the consumer handles its frames and its events one at a time, so a take that
+        a stalled Redis holds for seconds would hold up the session's submits meanwhile (they
+        went unanswered for over 10 s with the whole cluster frozen).
+        """
+        if self._noticed is None:
+            self._noticed = set()
+        self._noticed.add(SessionDeliverEvent.of(message).job_id)
+        if self._deliverer is None or self._deliverer.done():
+            self._deliverer = asyncio.ensure_future(self._deliver_noticed(self._noticed))
+
+    async def _deliver_noticed(self, noticed: set[str]) -> None:
+        """Deliver the noticed results one by one. After a take Redis did not answer, the rest
+        is left to the sweep: the results wait in the outbox, and the failed take is repeated
+        with its token."""
+        while noticed:
+            if not await self.deliver(noticed.pop()):
+                noticed.clear()
 
     async def job_progress(self, message: dict[str, Any]) -> None:
         await self.send_raw(JobProgressEvent.of(message).frame)
@@ -172,16 +195,18 @@ class SessionConsumer(PeerConsumer):
         async with self._delivery():
             await super().close_with(code)
 
-    async def deliver(self, job_id: str) -> None:
-        """Take the job's result from the outbox, if it waits there, and send it.
+    async def deliver(self, job_id: str) -> bool:
+        """Take the job's result from the outbox, if it waits there, and send it; False if that
+        failed.
 
         Never raises (it runs from channel-layer events, whose exceptions end the consumer): a
         take that failed is repeated by the next sweep turn, anything else is logged.
         """
         try:
-            await self._deliver(job_id)
+            return await self._deliver(job_id)
         except Exception:
             logger.exception("session %s: delivery of job %s failed", self.session_id, job_id)
+            return False
 
     def _unsure_takes(self) -> dict[str, str]:
         if self._unsure is None:

@@ -29,6 +29,7 @@ from jobs.services import endings, submit
 from jobs.services.reports import MnaEdge
 from nodes.services import Told
 from protocol import ErrorCode, JobSubmit, ServiceRef
+from sessions import consumers as session_consumers
 from sessions import delivery
 from tests.support.inprocess import (
     accepted_job,
@@ -216,6 +217,40 @@ async def test_a_submit_stalled_on_redis_holds_up_neither_other_submits_nor_resu
     assert (await session.receive_type("job_result"))["job_id"] == earlier["job_id"]
     stall.set()
     assert (await session.receive_type("job_accepted"))["request_id"] == "r-stalled"
+
+
+async def test_a_result_stalled_on_its_way_out_holds_up_no_submit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The other way round: a take from the outbox that a frozen Redis holds for seconds. The
+    consumer handled its events one at a time with its frames, so a session's submits went
+    unanswered for over 10 s behind a few stalled takes (the chaos test's frozen cluster)."""
+    _, node = await online_node("gpu", max_jobs=4)
+    session_id, session = await online_session(await new_api_key("acme"))
+    earlier = await accepted_job(session, node, "r-earlier")
+    stall = asyncio.Event()
+    original = session_consumers.outbox_take
+
+    async def stalled(**kwargs: Any) -> Any:
+        await stall.wait()
+        return await original(**kwargs)
+
+    monkeypatch.setattr(session_consumers, "outbox_take", stalled)
+    await node.send(reply(earlier, "job_result", ok=True))
+    await eventually(lambda: in_outbox(session_id, earlier["job_id"]))
+    accepted = await submitted_now(session, "r-next")
+    assert accepted["type"] == "job_accepted"
+    stall.set()
+    assert (await session.receive_type("job_result"))["job_id"] == earlier["job_id"]
+
+
+async def in_outbox(session_id: str, job_id: str) -> bool:
+    return bool(await get_client().hexists(keys.session_outbox(session_id), job_id))
+
+
+async def submitted_now(session: Any, request_id: str) -> dict[str, Any]:
+    await session.send(submit_frame(request_id))
+    return await session.receive_type("job_accepted", timeout=2)
 
 
 async def test_a_storm_of_reports_about_a_service_reaches_the_stream_once_per_window() -> None:
