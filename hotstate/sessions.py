@@ -148,6 +148,21 @@ async def session_result_put(
     return reply.code is Code.STORED
 
 
+async def session_result_forgo(
+    *, session_id: str, job_id: str, client: RedisCluster | None = None
+) -> None:
+    """Make sure the session never gets the job's result (its submit was answered
+    ``job_rejected`` though Redis may have created the job): a tombstone refuses every later
+    put, and a waiting result or an expectation is dropped."""
+    await SCRIPTS.call(
+        "session_result_forgo",
+        keys=_result_keys(session_id),
+        args=[job_id],
+        client=client,
+        subject=session_id,
+    )
+
+
 def _result_keys(session_id: str) -> list[str]:
     return [
         keys.session_record(session_id),

@@ -164,6 +164,13 @@ async def _rebuilt(job_id: str) -> SessionJobResult:
     return result_frame(job)
 
 
+async def outbox_forgo(*, session_id: str, job_id: str) -> None:
+    """The session was told ``job_rejected`` for a job Redis may have created after all: it
+    never gets that job's result, whatever reaches its outbox or expectations later."""
+    if session_id:
+        await hsessions.session_result_forgo(session_id=session_id, job_id=job_id)
+
+
 async def outbox_expect(*, session_id: str, job_id: str, request_id: str = "") -> None:
     """Record ``job_id``'s result as owed to the session (HTTP submits have none: no-op).
 

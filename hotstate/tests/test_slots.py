@@ -86,6 +86,7 @@ async def tour(client: RedisCluster) -> None:
     await sessions.session_result_return(
         session_id=SESSION, job_id=JOB, frame_json="{}", client=client
     )
+    await sessions.session_result_forgo(session_id=SESSION, job_id=JOB, client=client)
     await sessions.session_close(session_id=SESSION, channel="c", resume_ttl_ms=1000, client=client)
     await sessions.session_resume(
         session_id=SESSION, tenant=TENANT, channel="d", resume_ttl_ms=1000, client=client

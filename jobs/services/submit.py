@@ -30,7 +30,7 @@ from jobs.services.dispatch import (
 )
 from nodes.snapshot import snapshot_get
 from protocol import ErrorCode, JobSubmit, ServiceRef
-from sessions.delivery import outbox_expect, result_deliver_to
+from sessions.delivery import outbox_expect, outbox_forgo, result_deliver_to
 
 logger = logging.getLogger(__name__)
 
@@ -188,8 +188,14 @@ async def _maybe_placed(
                 session_id=fields.session_id, job_id=job_id, request_id=submit.request_id
             )
     except DependencyDown:
-        # The session is told job_rejected: the job must not run, if Redis placed it.
-        _withdraw_later(tenant=fields.tenant, request_id=submit.request_id, job_id=job_id)
+        # The session is told job_rejected: the job must not run, if Redis placed it, and its
+        # result must not reach the session, if the expectation was recorded after all.
+        _withdraw_later(
+            tenant=fields.tenant,
+            request_id=submit.request_id,
+            job_id=job_id,
+            session_id=fields.session_id,
+        )
         raise
     logger.warning(
         "job %s: accepted while its placement on %s is unknown: %s", job_id, node_id, error
@@ -204,15 +210,21 @@ class Withdrawals:
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
 
-def _withdraw_later(*, tenant: str, request_id: str, job_id: str) -> None:
-    """``job_withdraw`` once Redis answers again: retried for WITHDRAW_FOR_S, in a task of its
-    own, outside the submit's deadline (a fresh context)."""
+def _withdraw_later(*, tenant: str, request_id: str, job_id: str, session_id: str) -> None:
+    """Once Redis answers again, ``outbox_forgo`` (the session never gets the job's result: an
+    expectation whose call timed out may have been recorded after all) and ``job_withdraw``:
+    retried for WITHDRAW_FOR_S, in a task of its own, outside the submit's deadline (a fresh
+    context)."""
 
     async def withdraw() -> None:
         loop = asyncio.get_running_loop()
         until = loop.time() + WITHDRAW_FOR_S
+        forgone = False
         while True:
             try:
+                if not forgone:
+                    await outbox_forgo(session_id=session_id, job_id=job_id)
+                    forgone = True
                 await job_withdraw(tenant=tenant, request_id=request_id, job_id=job_id)
                 return
             except DependencyDown as exc:

@@ -531,3 +531,30 @@ async def test_a_job_placed_after_its_submit_gave_up_is_withdrawn_by_its_first_c
 async def reserved_on(node_id: str) -> list[str]:
     """The jobs holding a slot on the node."""
     return list(await get_client().zrange(keys.node_reservations(node_id), 0, -1))
+
+
+async def test_a_rejected_submit_whose_expectation_was_recorded_late_gets_no_result(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The whole cluster frozen: the session's expectation timed out, so the session was told
+    job_rejected, but Redis ran it when it woke up. The sweep then found the withdrawn job
+    expected and ended, and sent its failure to the session told it was rejected."""
+    monkeypatch.setattr(delivery, "EXPECT_GRACE_S", 0.3)
+    monkeypatch.setattr(delivery, "EXPECT_RECHECK_S", 0.3)
+    _, node = await online_node("gpu", max_jobs=1)
+    _, session = await online_session(await new_api_key("acme"))
+    dispatch_unanswered(monkeypatch, applied=True)
+    original = submit.outbox_expect
+
+    async def expect_applied_unanswered(**kwargs: Any) -> None:
+        await original(**kwargs)
+        raise DependencyDown("session_result_expect: TimeoutError (injected)")
+
+    monkeypatch.setattr(submit, "outbox_expect", expect_applied_unanswered)
+    rejected = await submit_and_answer(session, "r-1")
+    assert (rejected["type"], rejected["code"]) == ("job_rejected", "DEPENDENCY_DOWN")
+    cancel = await node.receive_type("job_cancel", timeout=5)
+    job = await hjobs.job_get(job_id=cancel["job_id"])
+    assert job is not None and job.state is JobState.FAILED
+    # Several sweep turns and expectation checks later: still nothing for the session.
+    assert await session.nothing(2.0), "a result for a rejected submit"
