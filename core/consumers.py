@@ -96,6 +96,9 @@ class FrameHandlers:
 
 
 FRAME_HANDLERS = FrameHandlers()
+# A frame whose handling (and reply) takes longer than this is logged: a stalled Redis, most
+# likely, past what SUBMIT_DEADLINE_S should allow.
+SLOW_FRAME_S = 8.0
 # Concurrent frames one socket may have in flight before it stops reading (backpressure).
 MAX_CONCURRENT_FRAMES = 64
 # Tasks of concurrent frames, held until they end (the event loop keeps only weak references).
@@ -258,6 +261,7 @@ class PeerConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             await self._handle(handler, frame)
 
     async def _handle(self, handler: Handler, frame: Frame) -> None:
+        started = time.monotonic()
         try:
             await handler(self, frame)
         except Exception as exc:
@@ -265,6 +269,9 @@ class PeerConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             if code == ErrorCode.INTERNAL_ERROR:
                 logger.exception("%s frame %s failed", self.peer, frame.type)  # type: ignore[attr-defined]
             await self.on_handler_error(frame, code, message)
+        took = time.monotonic() - started
+        if took > SLOW_FRAME_S:
+            logger.warning("%s frame %s took %.1f s", self.peer, ref_of(frame), took)
 
     async def _spawn(self, handler: Handler, frame: Frame) -> None:
         """Handle ``frame`` in a task of its own; past MAX_CONCURRENT_FRAMES in flight on this

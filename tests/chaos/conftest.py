@@ -157,7 +157,12 @@ def explain_missing(served: Served, summary: dict[str, Any]) -> str:
         if violation["kind"] in ("missing_result", "unexpected_result", "max_jobs")
         for job_id in re.findall(r"job (j_[0-9a-f]+)", violation["detail"])
     ]
-    if not job_ids:
+    request_ids = [
+        request_id
+        for violation in summary.get("violations", [])
+        for request_id in re.findall(r"request ([^\s)]+)", violation["detail"])
+    ]
+    if not job_ids and not request_ids:
         return ""
     client = RedisCluster.from_url(served.cluster.url, decode_responses=True)
     lines = ["", "missing, unexpected or overbooked jobs, as Redis has them now:"]
@@ -182,7 +187,18 @@ def explain_missing(served: Served, summary: dict[str, Any]) -> str:
         lines.append(f"  (could not read: {exc!r})")
     finally:
         client.close()
+    lines.extend(log_lines(served.log, [*job_ids, *request_ids]))
     return "\n".join(lines)
+
+
+def log_lines(log: Path, ids: list[str], *, most: int = 40) -> list[str]:
+    """The servers' log lines that name one of ``ids``, or a slow frame."""
+    found = [
+        line.rstrip()
+        for line in log.read_text(errors="replace").splitlines()
+        if " took " in line or any(i in line for i in ids)
+    ]
+    return ["", f"server log lines about them ({len(found)}):", *found[-most:]] if found else []
 
 
 def assert_nothing_lost(summary: dict[str, Any]) -> None:
