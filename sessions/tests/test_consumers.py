@@ -360,6 +360,21 @@ async def test_a_resume_cannot_fetch_another_sessions_results() -> None:
     assert await back.nothing(0.3)
 
 
+async def test_awaiting_on_a_new_session_sends_nothing() -> None:
+    """``awaiting`` only means something on a resume: a new session has nothing taken."""
+    key = await new_api_key("acme")
+    _, job_id = await sent_and_lost(key, "not a resume")
+    peer, ready = await session_peer(key, awaiting=[job_id])
+    assert ready["type"] == "session_ready"
+    assert await peer.nothing(0.3)
+
+
+async def test_a_session_init_awaiting_an_empty_job_id_is_refused() -> None:
+    peer, refused = await session_peer(await new_api_key("acme"), awaiting=[""])
+    assert (refused["type"], refused["code"]) == ("error", "UNAUTHORIZED"), refused
+    assert await peer.closed_with() == 4401
+
+
 async def test_a_session_init_awaiting_too_many_jobs_is_refused() -> None:
     peer, refused = await session_peer(
         await new_api_key("acme"), awaiting=[f"j_{n}" for n in range(MAX_AWAITING + 1)]
